@@ -1,0 +1,1 @@
+"""Raw event logs -> per-user sequences -> WebDataset shards -> streaming DataModule."""
