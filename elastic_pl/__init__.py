@@ -1,0 +1,1 @@
+"""elastic-pl: training pipeline for the ELASTIC sequential recommender."""

@@ -1,0 +1,66 @@
+"""Dispatch: a prefix softmax pooling of keys/values onto E learned expert queries, per chunk.
+
+For chunk c the experts pool every position s < (c - 1) * C (all chunks up to c - 2):
+``I_c[j] = sum_s softmax_s(P_j . k_s / sqrt(dh)) v_s``. We compute per-chunk partial sums
+(m = max logit, z = sum exp(l - m), u = sum exp(l - m) v) once, then take an inclusive prefix
+scan over chunks with the log-sum-exp combine. The scan is Hillis-Steele: log2(#chunks) steps
+of whole-tensor ops, total O(N * E * dh). It is exact for any logit range (no global max), and
+everything runs in fp32 whatever the input dtype.
+"""
+from __future__ import annotations
+
+import torch
+
+# "No positions yet": finite so exp(EMPTY - EMPTY) = 1 (times z = 0) never makes a NaN.
+EMPTY = -1e30
+
+
+def chunk_partials(k: torch.Tensor, v: torch.Tensor, experts: torch.Tensor, chunk: int):
+    """k, v: [B, H, nC*C, dh]; experts: [H, E, dh] -> (m, z, u) with shapes
+    [B, H, nC, E], [B, H, nC, E], [B, H, nC, E, dh] (fp32). Every position counts: callers
+    pass compacted rows, where positions a real query may pool are all real."""
+    B, H, N, dh = k.shape
+    k = k.float().view(B, H, N // chunk, chunk, dh)
+    v = v.float().view(B, H, N // chunk, chunk, dh)
+    logits = torch.einsum("bhncd,hed->bhnce", k, experts.float()) * dh**-0.5
+    m = logits.amax(dim=3).detach()  # a stabiliser only: the result does not depend on it
+    w = torch.exp(logits - m.unsqueeze(3))
+    z = w.sum(dim=3)
+    u = torch.einsum("bhnce,bhncd->bhned", w, v)
+    return m, z, u
+
+
+def combine(a, b):
+    """Merge two (m, z, u) softmax partial sums into one (associative, commutative)."""
+    m = torch.maximum(a[0], b[0])
+    sa, sb = torch.exp(a[0] - m), torch.exp(b[0] - m)
+    return m, a[1] * sa + b[1] * sb, a[2] * sa.unsqueeze(-1) + b[2] * sb.unsqueeze(-1)
+
+
+def _shift(x: torch.Tensor, by: int, fill: float, dim: int = 2) -> torch.Tensor:
+    """x shifted by ``by`` along ``dim`` (towards later chunks), the front filled with ``fill``."""
+    if by >= x.shape[dim]:
+        return torch.full_like(x, fill)
+    front = torch.full_like(x.narrow(dim, 0, by), fill)
+    return torch.cat([front, x.narrow(dim, 0, x.shape[dim] - by)], dim=dim)
+
+
+def prefix_scan(m, z, u):
+    """Inclusive prefix over the chunk axis (dim 2) with :func:`combine`."""
+    n, step = m.shape[2], 1
+    while step < n:
+        m, z, u = combine((m, z, u), (_shift(m, step, EMPTY), _shift(z, step, 0.0), _shift(u, step, 0.0)))
+        step *= 2
+    return m, z, u
+
+
+def dispatch(k: torch.Tensor, v: torch.Tensor, experts: torch.Tensor, chunk: int):
+    """Compressed interests per chunk: ([B, H, nC, E, dh] fp32, has_history [B, nC] bool).
+
+    Chunk c sees the prefix through chunk c - 2; chunks 0 and 1 have no history (zeros)."""
+    m, z, u = prefix_scan(*chunk_partials(k, v, experts, chunk))
+    z = _shift(z, 2, 0.0)
+    u = _shift(u, 2, 0.0)
+    has_history = z[:, 0, :, 0] > 0  # same for all heads/experts: some position was pooled
+    interests = u / z.clamp_min(torch.finfo(z.dtype).tiny).unsqueeze(-1)
+    return interests, has_history

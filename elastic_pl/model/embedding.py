@@ -1,0 +1,40 @@
+"""Item embedding (shared with the output head) plus learned positions."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+
+class ItemEmbedding(nn.Module):
+    """``items [B, N] -> x [B, N, D]``. Row 0 of the item table is padding (kept at zero).
+
+    The position of an item is its index among the row's real items (0 = oldest), so it does not
+    depend on how much padding the batch added; positions past ``max_positions - 1`` share the
+    last embedding, which keeps streaming (``step``) and the full forward pass identical for
+    histories of any length.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.items = nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)
+        self.positions = nn.Embedding(cfg.max_positions, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        nn.init.normal_(self.items.weight, std=0.02)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        with torch.no_grad():
+            self.items.weight[0].zero_()
+
+    def position_index(self, real: torch.Tensor) -> torch.Tensor:
+        pos = torch.cumsum(real.long(), dim=1) - 1
+        return pos.clamp(0, self.positions.num_embeddings - 1)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        pos = self.position_index(items != 0)
+        return self.dropout(self.items(items) + self.positions(pos))
+
+    def embed_at(self, items: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """One new item per user [B] at its position ``count`` [B] (serving)."""
+        pos = count.clamp(max=self.positions.num_embeddings - 1)
+        return self.dropout(self.items(items) + self.positions(pos))

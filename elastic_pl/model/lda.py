@@ -1,0 +1,138 @@
+"""Linear Dispatcher Attention (LDA): ELASTIC's O(N) replacement for causal self-attention.
+
+Position t in chunk c = t // C attends, in one softmax, over
+  * E expert keys/values projected from the compressed interests of everything before chunk
+    c - 1 (dispatch, see dispatch.py), each enriched by the interest memory (memory.py), and
+  * the full-resolution keys/values of chunks c - 1 and c up to t itself.
+So every past position is seen exactly once, compressed or at full resolution, and nothing
+after t is seen. Inputs are compacted rows (real items first; see padding.py), so no padding
+mask is needed. ``step`` is the same function for one new item per user, with a state whose
+size does not depend on the history length.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .dispatch import EMPTY, chunk_partials, combine, dispatch
+from .memory import ProductKeyMemory
+
+
+class LinearDispatcherAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.h, self.dh, self.e, self.c = cfg.n_heads, cfg.head_dim, cfg.num_experts, cfg.chunk_size
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.experts = nn.Parameter(torch.randn(cfg.n_heads, cfg.num_experts, cfg.head_dim))
+        self.memory = ProductKeyMemory(cfg) if cfg.use_memory else None
+        self.expert_kv = nn.Linear(cfg.d_model, 2 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+
+    # -- pieces shared by forward, step and the reference -------------------------------------
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., N, D] -> [..., H, N, dh]"""
+        return x.unflatten(-1, (self.h, self.dh)).transpose(-3, -2)
+
+    def expert_keys_values(self, interests: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interests [..., E, D] -> memory-enriched expert keys, values [..., H, E, dh]."""
+        interests = interests.to(self.expert_kv.weight.dtype)
+        if self.memory is not None:
+            interests = interests + self.memory(interests)
+        ke, ve = self.expert_kv(interests).chunk(2, dim=-1)
+        return self.heads(ke), self.heads(ve)
+
+    # -- full sequence ------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, N, D] of compacted rows -> [B, N, D]."""
+        B, N, D = x.shape
+        C = self.c
+        n_chunks = -(-N // C)
+        x = F.pad(x, (0, 0, 0, n_chunks * C - N))
+        q, k, v = (self.heads(t) for t in self.qkv(x).chunk(3, dim=-1))  # [B, H, Np, dh]
+        interests, has_history = dispatch(k, v, self.experts, C)  # [B, H, nC, E, dh], [B, nC]
+        interests = interests.permute(0, 2, 3, 1, 4).reshape(B, n_chunks, self.e, D)
+        ke, ve = self.expert_keys_values(interests)  # [B, nC, H, E, dh]
+        ke, ve = ke.transpose(1, 2), ve.transpose(1, 2)  # [B, H, nC, E, dh]
+
+        def chunks(t):  # [B, H, Np, dh] -> [B, H, nC, C, dh]
+            return t.unflatten(2, (n_chunks, C))
+
+        def with_previous(t):  # keys of chunks c-1 and c side by side: [B, H, nC, 2C, dh]
+            t = chunks(t)
+            return torch.cat([F.pad(t, (0, 0, 0, 0, 1, 0))[:, :, :-1], t], dim=3)
+
+        keys = torch.cat([ke.to(q.dtype), with_previous(k)], dim=3)  # [B, H, nC, E+2C, dh]
+        values = torch.cat([ve.to(q.dtype), with_previous(v)], dim=3)
+        mask = self.attention_mask(has_history, n_chunks, x.device)
+        out = F.scaled_dot_product_attention(chunks(q), keys, values, attn_mask=mask)
+        out = out.flatten(2, 3).transpose(1, 2).reshape(B, n_chunks * C, D)[:, :N]
+        return self.out(out)
+
+    def attention_mask(self, has_history: torch.Tensor, n_chunks: int, device) -> torch.Tensor:
+        """[B, 1, nC, C, E+2C] bool: experts if the chunk has history; the previous chunk if it
+        exists; the current chunk causally."""
+        C = self.c
+        i = torch.arange(C, device=device)
+        current = i[None, :] <= i[:, None]  # [C, C]
+        has_prev = torch.arange(n_chunks, device=device) >= 1
+        previous = has_prev[:, None, None].expand(n_chunks, C, C)
+        local = torch.cat([previous, current.expand(n_chunks, C, C)], dim=-1)  # [nC, C, 2C]
+        experts = has_history[:, :, None, None].expand(-1, -1, C, self.e)  # [B, nC, C, E]
+        return torch.cat([experts, local.expand(has_history.shape[0], -1, -1, -1)], dim=-1).unsqueeze(1)
+
+    # -- streaming ----------------------------------------------------------------------------
+    def init_state(self, batch: int, device=None, dtype=torch.float32) -> dict[str, torch.Tensor]:
+        H, E, C, dh = self.h, self.e, self.c, self.dh
+        f32 = dict(device=device, dtype=torch.float32)
+        return {
+            "disp_m": torch.full((batch, H, E), EMPTY, **f32),  # dispatch prefix over chunks <= c-2
+            "disp_z": torch.zeros(batch, H, E, **f32),
+            "disp_u": torch.zeros(batch, H, E, dh, **f32),
+            "k_prev": torch.zeros(batch, H, C, dh, device=device, dtype=dtype),  # chunk c-1
+            "v_prev": torch.zeros(batch, H, C, dh, device=device, dtype=dtype),
+            "k_cur": torch.zeros(batch, H, C, dh, device=device, dtype=dtype),  # chunk c so far
+            "v_cur": torch.zeros(batch, H, C, dh, device=device, dtype=dtype),
+        }
+
+    def step(self, x: torch.Tensor, count: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """x [B, D]: the new item's input at position ``count`` [B] (0-based) -> ([B, D], state)."""
+        B, D = x.shape
+        C = self.c
+        slot, chunk = count % C, count // C
+        # Entering a new chunk c >= 1: chunk c-2 (the old "previous") joins the dispatch prefix,
+        # the old current chunk becomes the previous one.
+        new_chunk = (slot == 0) & (count > 0)
+        fold = (new_chunk & (chunk >= 2)).view(B, 1, 1)
+        m, z, u = chunk_partials(state["k_prev"], state["v_prev"], self.experts, C)  # one chunk
+        m, z, u = combine((state["disp_m"], state["disp_z"], state["disp_u"]), (m[:, :, 0], z[:, :, 0], u[:, :, 0]))
+        disp_m = torch.where(fold, m, state["disp_m"])
+        disp_z = torch.where(fold, z, state["disp_z"])
+        disp_u = torch.where(fold.unsqueeze(-1), u, state["disp_u"])
+        shift = new_chunk.view(B, 1, 1, 1)
+        k_prev = torch.where(shift, state["k_cur"], state["k_prev"])
+        v_prev = torch.where(shift, state["v_cur"], state["v_prev"])
+        k_cur = torch.where(shift, torch.zeros_like(state["k_cur"]), state["k_cur"])
+        v_cur = torch.where(shift, torch.zeros_like(state["v_cur"]), state["v_cur"])
+
+        q, k, v = (self.heads(t.unsqueeze(1)) for t in self.qkv(x).chunk(3, dim=-1))  # [B, H, 1, dh]
+        write = (torch.arange(C, device=x.device) == slot[:, None]).view(B, 1, C, 1)
+        k_cur = torch.where(write, k.to(k_cur.dtype), k_cur)
+        v_cur = torch.where(write, v.to(v_cur.dtype), v_cur)
+
+        interests = (disp_u / disp_z.clamp_min(torch.finfo(disp_z.dtype).tiny).unsqueeze(-1))
+        interests = interests.transpose(1, 2).reshape(B, self.e, D)  # [B, E, D]
+        ke, ve = self.expert_keys_values(interests)  # [B, H, E, dh]
+        keys = torch.cat([ke.to(q.dtype), k_prev, k_cur], dim=2)
+        values = torch.cat([ve.to(q.dtype), v_prev, v_cur], dim=2)
+        j = torch.arange(C, device=x.device)
+        mask = torch.cat([
+            (chunk >= 2)[:, None].expand(B, self.e),  # experts: some chunk before c-1 exists
+            (chunk >= 1)[:, None].expand(B, C),  # previous chunk
+            j[None, :] <= slot[:, None],  # current chunk up to and including this item
+        ], dim=1).view(B, 1, 1, -1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B, H, 1, dh]
+        state = dict(disp_m=disp_m, disp_z=disp_z, disp_u=disp_u,
+                     k_prev=k_prev, v_prev=v_prev, k_cur=k_cur, v_cur=v_cur)
+        return self.out(out.transpose(1, 2).reshape(B, D)), state
