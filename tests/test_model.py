@@ -214,11 +214,11 @@ def test_losses_are_finite_and_trainable(loss, negatives):
     for _ in range(30):
         value = model.loss(model(items), targets)
         assert torch.isfinite(value)
-        first = first if first is not None else float(value)
+        first = first if first is not None else value.item()
         opt.zero_grad()
         value.backward()
         opt.step()
-    assert float(value) < first
+    assert value.item() < first
 
 
 def test_full_softmax_is_cross_entropy_over_catalog():

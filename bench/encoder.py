@@ -1,0 +1,395 @@
+"""Encoder benchmark: ELASTIC (linear dispatcher attention) vs SASRec (SDPA) vs naive attention.
+
+For every encoder and history length N, at a FIXED number of tokens per batch (B = tokens // N):
+
+* ``train``: forward + sampled-softmax loss on random items + backward (model.train(), dropout on,
+  no optimizer step), the work of one training step;
+* ``infer``: forward only (model.eval(), torch.no_grad()).
+
+Reported: median ms/iter, tokens/s (B * N / median), peak memory. GPU: ``max_memory_allocated``
+after ``reset_peak_memory_stats`` (all configurations in one process). CPU: every configuration
+runs in a fresh subprocess under an address-space cap (``--cpu-mem-cap-gb``, so an oversized
+configuration fails with an allocation error instead of waking the OOM killer); peak memory is
+the peak RSS during the timed section (``VmHWM`` after resetting it via /proc/self/clear_refs)
+minus the RSS just before it, i.e. activations + gradients + allocator slack, not the model.
+Out-of-memory is recorded as ``OOM``, never a crash.
+
+    python -m bench.encoder --device cpu --tokens 16384 --lengths 256,1024,4096,16384
+    python -m bench.encoder --device cuda --dtype bf16 --tokens 131072 --compile
+    python -m bench.encoder --state-bytes
+
+Imports only torch and elastic_pl.model (which imports only torch), so it runs on a bare
+torch image.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+
+from elastic_pl.model import ModelConfig, SequentialRecommender, state_bytes
+
+MODES = ("train", "infer")
+
+
+# ---------------------------------------------------------------------------------------------
+# one configuration
+# ---------------------------------------------------------------------------------------------
+def model_config(args, encoder: str) -> ModelConfig:
+    return ModelConfig(
+        num_items=args.items, d_model=args.d_model, n_heads=args.heads, n_layers=args.layers,
+        encoder=encoder, max_positions=args.max_positions,
+        num_experts=args.experts, chunk_size=args.chunk, use_memory=not args.no_memory,
+        loss="sampled_softmax", negatives="uniform", num_negatives=args.negatives,
+    )
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    if torch.cuda.is_available() and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(exc).lower()
+    return "out of memory" in msg or "can't allocate memory" in msg or "cannot allocate memory" in msg
+
+
+def _proc_status(key: str) -> int:
+    """A /proc/self/status field in bytes (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _reset_cpu_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def run_config(args, encoder: str, n: int, mode: str, model=None, runner=None) -> dict:
+    """Time one (encoder, N, mode). ``model``/``runner`` may be passed in to reuse a (compiled)
+    model across N on the GPU. Returns a result record (status 'ok' or 'OOM' or 'error')."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    batch = max(1, args.tokens // n)
+    rec = dict(encoder=encoder, n=n, batch=batch, tokens=batch * n, mode=mode, device=args.device,
+               dtype=args.dtype, compile=args.compile, d_model=args.d_model, layers=args.layers,
+               heads=args.heads, experts=args.experts, chunk=args.chunk, memory=not args.no_memory,
+               items=args.items, negatives=args.negatives)
+    gen = torch.Generator(device="cpu").manual_seed(1234 + n)
+    x = targets = hidden = loss = None
+    try:
+        if model is None:
+            model, runner = build(args, encoder)
+        seq = torch.randint(1, args.items + 1, (batch, n + 1), generator=gen).to(device)
+        x, targets = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+        del seq
+        model.train(mode == "train")
+        autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                                  enabled=args.dtype == "bf16")
+        loss_gen = torch.Generator(device=device).manual_seed(7)
+
+        def step():
+            if mode == "train":
+                model.zero_grad(set_to_none=True)
+                with autocast:
+                    h = runner(x)
+                    l = model.loss(h, targets, loss_gen)
+                l.backward()
+            else:
+                with torch.no_grad(), autocast:
+                    runner(x)
+
+        def sync():
+            if cuda:
+                torch.cuda.synchronize(device)
+
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            base_alloc = torch.cuda.memory_allocated(device)
+        else:
+            base_rss = _proc_status("VmRSS")
+            can_reset = _reset_cpu_peak()
+
+        # warmup (includes torch.compile's compilation); the first one also sizes the run
+        t0 = time.perf_counter()
+        step()
+        sync()
+        first = time.perf_counter() - t0
+        for _ in range(args.warmup - 1):
+            step()
+        sync()
+        iters = args.iters
+        if args.budget_s > 0 and first > 0:
+            iters = max(args.min_iters, min(args.iters, int(args.budget_s / max(first, 1e-6))))
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        rec.update(status="ok", ms=med * 1e3, ms_min=min(times) * 1e3, iters=iters,
+                   first_ms=first * 1e3, tokens_per_s=batch * n / med)
+        if cuda:
+            rec["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            rec["base_mib"] = base_alloc / 2**20
+        else:
+            rec["peak_mib"] = (_proc_status("VmHWM") - base_rss) / 2**20 if can_reset else None
+            rec["peak_kind"] = "rss_delta" if can_reset else "n/a"
+    except Exception as exc:  # noqa: BLE001 - a benchmark records failures, it does not crash
+        rec.update(status="OOM" if _is_oom(exc) else "error", error=f"{type(exc).__name__}: {str(exc)[:300]}")
+    finally:
+        del x, targets, hidden, loss
+        if model is not None:
+            model.zero_grad(set_to_none=True)
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+    return rec
+
+
+def build(args, encoder: str):
+    torch.manual_seed(0)
+    model = SequentialRecommender(model_config(args, encoder)).to(args.device)
+    runner = model
+    if args.compile:
+        import torch._dynamo as dynamo
+
+        # one graph per (N, mode): keep them all instead of silently falling back to eager
+        for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                     "accumulated_recompile_limit"):
+            if hasattr(dynamo.config, name):
+                setattr(dynamo.config, name, max(getattr(dynamo.config, name), 256))
+        runner = torch.compile(model, dynamic=args.dynamic)
+    return model, runner
+
+
+# ---------------------------------------------------------------------------------------------
+# drivers
+# ---------------------------------------------------------------------------------------------
+def worker(args) -> None:
+    """Child process (CPU isolation): one configuration, result as one JSON line on stdout."""
+    if args.cpu_mem_cap_gb > 0:
+        import resource
+
+        cap = int(args.cpu_mem_cap_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    enc, n, mode = args.worker.split(":")
+    rec = run_config(args, enc, int(n), mode)
+    print("RESULT " + json.dumps(rec), flush=True)
+
+
+def child_argv(args) -> list[str]:
+    keep = ["--device", args.device, "--dtype", args.dtype, "--tokens", str(args.tokens),
+            "--d-model", str(args.d_model), "--heads", str(args.heads), "--layers", str(args.layers),
+            "--experts", str(args.experts), "--chunk", str(args.chunk), "--items", str(args.items),
+            "--negatives", str(args.negatives), "--max-positions", str(args.max_positions),
+            "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters), "--min-iters", str(args.min_iters),
+            "--budget-s", str(args.budget_s), "--cpu-mem-cap-gb", str(args.cpu_mem_cap_gb)]
+    if args.no_memory:
+        keep.append("--no-memory")
+    if args.compile:
+        keep.append("--compile")
+    return [sys.executable, "-m", "bench.encoder", *keep]
+
+
+def run_isolated(args, enc: str, n: int, mode: str) -> dict:
+    cmd = child_argv(args) + ["--worker", f"{enc}:{n}:{mode}"]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.config_timeout_s)
+    except subprocess.TimeoutExpired:
+        return dict(encoder=enc, n=n, batch=max(1, args.tokens // n), mode=mode, device=args.device,
+                    dtype=args.dtype, compile=args.compile, status="timeout",
+                    error=f"over {args.config_timeout_s}s")
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (p.stderr or p.stdout)[-300:]
+    status = "OOM" if p.returncode in (-9, 137) or "memory" in tail.lower() else "error"
+    return dict(encoder=enc, n=n, batch=max(1, args.tokens // n), mode=mode, device=args.device,
+                dtype=args.dtype, compile=args.compile, status=status,
+                error=f"child rc={p.returncode}: {tail}")
+
+
+def environment(args) -> dict:
+    env = dict(torch=torch.__version__, python=platform.python_version(), host=platform.node(),
+               cpu_threads=torch.get_num_threads(), cpus=os.cpu_count(),
+               date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               argv=" ".join(["python -m bench.encoder", *sys.argv[1:]]))
+    if args.device == "cuda" and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def fmt_row(r: dict) -> str:
+    if r.get("status") != "ok":
+        cell = r.get("status", "?")
+        return f"| {r['encoder']} | {r['n']} | {r['batch']} | {r['mode']} | {cell} | {cell} | {cell} | {cell} |"
+    peak = "n/a" if r.get("peak_mib") is None else f"{r['peak_mib']:.0f}"
+    return (f"| {r['encoder']} | {r['n']} | {r['batch']} | {r['mode']} | {r['ms']:.1f} | {r['ms_min']:.1f} | "
+            f"{r['tokens_per_s'] / 1e3:.1f}k | {peak} |")
+
+
+TABLE_HEAD = ("| encoder | N | B | mode | median ms/iter | min ms | tokens/s (median) | peak MiB |\n"
+              "|---|---|---|---|---|---|---|---|")
+
+
+def speedup_table(results: list[dict], mode: str) -> str:
+    ok = {(r["encoder"], r["n"]): r for r in results if r["mode"] == mode and r.get("status") == "ok"}
+    ns = sorted({r["n"] for r in results if r["mode"] == mode})
+    lines = [f"| N | ELASTIC tok/s | SDPA tok/s | naive tok/s | ELASTIC / SDPA | ELASTIC mem / naive mem |",
+             "|---|---|---|---|---|---|"]
+    for n in ns:
+        e, s, v = ok.get(("elastic", n)), ok.get(("sasrec", n)), ok.get(("naive", n))
+
+        def tps(r):
+            return f"{r['tokens_per_s'] / 1e3:.1f}k" if r else "—"
+        ratio = f"{e['tokens_per_s'] / s['tokens_per_s']:.2f}x" if e and s else "—"
+        mem = (f"{100 * e['peak_mib'] / v['peak_mib']:.1f}%"
+               if e and v and e.get("peak_mib") and v.get("peak_mib") else "—")
+        lines.append(f"| {n} | {tps(e)} | {tps(s)} | {tps(v)} | {ratio} | {mem} |")
+    return "\n".join(lines)
+
+
+def bench(args) -> None:
+    lengths = [int(s) for s in args.lengths.split(",") if s]
+    encoders = [s for s in args.encoders.split(",") if s]
+    modes = [s for s in args.modes.split(",") if s]
+    isolate = args.isolate if args.isolate is not None else args.device == "cpu"
+    env = environment(args)
+    print(f"# encoder benchmark  {json.dumps(env)}", flush=True)
+    out = open(args.out, "a") if args.out else None
+    results = []
+    print(TABLE_HEAD, flush=True)
+    if args.interleave:  # N outer, encoders inner: a time limit cuts every encoder evenly
+        order = [(enc, mode, n) for n in lengths for mode in modes for enc in encoders]
+    else:
+        order = [(enc, mode, n) for enc in encoders for mode in modes for n in lengths]
+    models: dict = {}
+    for enc, mode, n in order:
+        if isolate:
+            rec = run_isolated(args, enc, n, mode)
+        else:
+            if enc not in models:
+                if not args.interleave:  # one encoder's model on the device at a time
+                    models.clear()
+                    gc.collect()
+                models[enc] = build(args, enc)
+            rec = run_config(args, enc, n, mode, *models[enc])
+        rec["env"] = env
+        results.append(rec)
+        print(fmt_row(rec), flush=True)
+        if out:
+            out.write(json.dumps(rec) + "\n")
+            out.flush()
+    models.clear()
+    for mode in modes:
+        print(f"\n## {mode}: ELASTIC vs SDPA vs naive ({args.device}, {args.dtype}"
+              f"{', compiled' if args.compile else ''}, {args.tokens} tokens/batch)")
+        print(speedup_table(results, mode))
+    if out:
+        out.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# serving state
+# ---------------------------------------------------------------------------------------------
+def state_bytes_report(args) -> None:
+    lengths = [1_000, 10_000, 100_000]
+    cfg = model_config(args, "elastic")
+    model = SequentialRecommender(cfg)
+    fp32 = state_bytes(model.init_state(1))
+    bf16 = state_bytes(model.to(torch.bfloat16).init_state(1))
+    L, D, E, C = cfg.n_layers, cfg.d_model, cfg.num_experts, cfg.chunk_size
+    print(f"# serving state per user: D={D}, L={L}, H={cfg.n_heads}, E={E}, C={C} (torch {torch.__version__})")
+    print("# ELASTIC: measured state_bytes(model.init_state(1)); constant in N. Per layer: dispatch "
+          "sums (m, z: H*E fp32 each; u: E*D fp32) + keys/values of the previous and current chunk "
+          "(4*C*D in the model dtype), + one int64 position counter.")
+    print("# SASRec: KV cache = L * N * 2 * D * bytes_per_element (analytic; not implemented in code).")
+    print("| N | ELASTIC fp32 | SASRec KV fp32 | ratio | ELASTIC bf16 | SASRec KV bf16 | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for n in lengths:
+        kv32, kv16 = L * n * 2 * D * 4, L * n * 2 * D * 2
+        print(f"| {n:,} | {fp32:,} B | {kv32:,} B | {kv32 / fp32:.1f}x | {bf16:,} B | {kv16:,} B | {kv16 / bf16:.1f}x |")
+        rows.append(dict(n=n, elastic_fp32=fp32, sasrec_kv_fp32=kv32, elastic_bf16=bf16, sasrec_kv_bf16=kv16))
+    crossover = fp32 / (L * 2 * D * 4)
+    print(f"# SASRec's fp32 cache overtakes ELASTIC's state beyond N = {crossover:.0f} positions.")
+    if args.out:
+        with open(args.out, "a") as f:
+            for r in rows:
+                f.write(json.dumps(dict(kind="state_bytes", d_model=D, layers=L, experts=E, chunk=C, **r)) + "\n")
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast")
+    p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    p.add_argument("--dynamic", default=None, type=lambda s: {"true": True, "false": False}[s.lower()],
+                   help="torch.compile(dynamic=...): true/false; default automatic")
+    p.add_argument("--tokens", type=int, default=131072, help="tokens per batch (B = tokens // N)")
+    p.add_argument("--lengths", default="256,1024,4096,16384,65536")
+    p.add_argument("--encoders", default="elastic,sasrec,naive")
+    p.add_argument("--modes", default="train,infer", help="train = fwd+loss+bwd, infer = no_grad fwd")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--experts", type=int, default=ModelConfig.num_experts)
+    p.add_argument("--chunk", type=int, default=ModelConfig.chunk_size)
+    p.add_argument("--no-memory", action="store_true", help="ELASTIC without interest memory")
+    p.add_argument("--items", type=int, default=100_000, help="catalog size V")
+    p.add_argument("--negatives", type=int, default=ModelConfig.num_negatives)
+    p.add_argument("--max-positions", type=int, default=ModelConfig.max_positions)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (CPU); 0 = torch default")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--min-iters", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=0.0,
+                   help="if > 0, cap timed iterations at budget_s / (first iteration's time)")
+    p.add_argument("--isolate", default=None, type=lambda s: {"true": True, "false": False}[s.lower()],
+                   help="one subprocess per configuration (default: on for cpu, off for cuda)")
+    p.add_argument("--cpu-mem-cap-gb", type=float, default=8.0, help="RLIMIT_AS per CPU subprocess")
+    p.add_argument("--config-timeout-s", type=float, default=300.0)
+    p.add_argument("--interleave", action="store_true",
+                   help="loop N outermost (all encoders at each N before the next N)")
+    p.add_argument("--out", default=None, help="append JSON lines here")
+    p.add_argument("--state-bytes", action="store_true", help="print serving-state bytes per user")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    if args.worker:
+        worker(args)
+    elif args.state_bytes:
+        state_bytes_report(args)
+    else:
+        bench(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Stage + plan of prepare: partition the raw log into buckets, run the (k-core) counting passes,
+write the item map (dense ids 1..V by descending count, ties by original id) and fix each
+bucket's first dense user id. The plan is a small JSON file that every bucket task reads.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from typing import Callable, List, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_pipeline._bucket import count_bucket
+from data_pipeline._stage import stage
+from data_pipeline.config import PrepareConfig, SourceConfig, parse_size
+
+BYTES_PER_EVENT = 100  # measured working set of write_bucket per staged event (docs/DATA.md)
+
+
+def _init_worker() -> None:
+    pa.set_cpu_count(1)  # one process per core; no nested thread pools
+
+
+def run_tasks(fn: Callable, args: Sequence[tuple], workers: int, desc: str, progress: bool) -> List:
+    """``[fn(*a) for a in args]`` over ``workers`` spawned processes, with a progress bar."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(args), desc=desc, unit="bucket")
+    results: List = [None] * len(args)
+    try:
+        if workers <= 1 or len(args) <= 1:
+            for i, a in enumerate(args):
+                results[i] = fn(*a)
+                bar is not None and bar.update()
+            return results
+        with ProcessPoolExecutor(min(workers, len(args)), mp_context=get_context("spawn"),
+                                 initializer=_init_worker) as pool:
+            futs = {pool.submit(fn, *a): i for i, a in enumerate(args)}
+            for f in as_completed(futs):
+                results[futs[f]] = f.result()
+                bar is not None and bar.update()
+        return results
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _merge_counts(paths: List[str]) -> pa.Table:
+    total = None
+    for p in paths:
+        t = pq.read_table(p)
+        total = t if total is None else pa.concat_tables([total, t]).group_by("item").aggregate([("count", "sum")]).rename_columns(["item", "count"])
+    return total
+
+
+def make_plan(src: SourceConfig, cfg: PrepareConfig, work: str, item_map_path: str) -> dict:
+    """Stage the log into buckets and compute the plan (see module docstring)."""
+    stage_dir, count_dir = os.path.join(work, "stage"), os.path.join(work, "counts")
+    os.makedirs(count_dir, exist_ok=True)
+    staged = stage(src, cfg, stage_dir, cfg.progress)
+    biggest = max(staged["bucket_events"])
+    if biggest * BYTES_PER_EVENT > parse_size(cfg.memory_limit):
+        need = -(-staged["events"] * BYTES_PER_EVENT // parse_size(cfg.memory_limit)) * 2
+        raise ValueError(f"prepare.num_buckets: bucket of {biggest} events needs ~{biggest * BYTES_PER_EVENT / 1e9:.1f} GB "
+                         f"> memory_limit={cfg.memory_limit}; use num_buckets >= {need}")
+    nb, k = cfg.num_buckets, cfg.k_core
+    keep_path, rounds = "", 0
+    while True:
+        rounds += 1
+        outs = [os.path.join(count_dir, f"r{rounds:03d}-b{b:05d}.parquet") for b in range(nb)]
+        res = run_tasks(count_bucket, [(stage_dir, b, keep_path, k, outs[b]) for b in range(nb)],
+                        cfg.workers, f"count{' (k-core round %d)' % rounds if k > 1 else ''}", cfg.progress)
+        counts = _merge_counts(outs)
+        if counts is None or counts.num_rows == 0:
+            raise ValueError(f"{src.path}: no events left after k_core={k}")
+        small = pc.less(counts.column("count"), k) if k > 1 else None
+        if k <= 1 or (sum(r["dropped_users"] for r in res) == 0 and not pc.any(small).as_py()):
+            break
+        keep_path = os.path.join(count_dir, f"keep-r{rounds:03d}.parquet")
+        pq.write_table(counts.filter(pc.invert(small)).select(["item"]), keep_path)
+    order = pc.sort_indices(counts, sort_keys=[("count", "descending"), ("item", "ascending")])
+    counts = counts.take(order)
+    item_map = pa.table({"item": pa.array(range(1, counts.num_rows + 1), pa.int64()),
+                         "original": counts.column("item"), "count": counts.column("count")})
+    pq.write_table(item_map, item_map_path + ".tmp")
+    os.replace(item_map_path + ".tmp", item_map_path)
+    bases, acc = [], 0
+    for r in res:
+        bases.append(acc)
+        acc += r["users"]
+    return {"stage": staged, "k_core_rounds": rounds, "num_items": counts.num_rows, "num_users": acc,
+            "num_events": sum(r["events"] for r in res), "bucket_users": [r["users"] for r in res],
+            "bucket_events": [r["events"] for r in res], "user_base": bases}

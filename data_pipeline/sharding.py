@@ -1,0 +1,257 @@
+"""Which rank and DataLoader worker reads what: the split, shard reading, and the two datasets.
+
+Kept free of Lightning imports so that spawn/forkserver DataLoader workers start fast.
+
+Rank and world size are *captured in the main process* and passed in explicitly; the worker id comes
+from ``torch.utils.data.get_worker_info()``, which is local to the process that owns the
+DataLoader. Nothing here reads ``RANK``/``WORLD_SIZE`` or ``torch.distributed``, so the split is the
+same with fork, spawn and forkserver workers (webdataset's ``split_by_node`` is not: see NOTES).
+
+Evaluation ("slots"): the users of all shards, in manifest order (shard, block, position), form a
+global order ``0..U-1``. Rank ``r`` owns the contiguous slots ``[r*U//W, (r+1)*U//W)``; every rank
+runs ``ceil(ceil(U/W) / B)`` batches, the shorter ones padded with ``valid=False`` rows. A rank's
+batches are split contiguously over its workers, so a worker reads only the shards overlapping its
+slots and a worker with no batches yields nothing. Shard boundaries play no role, so any number of
+shards works with any number of ranks and workers.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+from webdataset.tariterators import tarfile_samples
+
+from data_pipeline import splits
+from data_pipeline.shards import UserBlock, decode_block
+
+
+class ShardReadError(RuntimeError):
+    """A shard could not be read, is corrupt, or does not match the manifest (message names the URL)."""
+
+
+def current_worker() -> tuple[int, int]:
+    """``(worker_id, num_workers)`` of the calling DataLoader worker; ``(0, 1)`` in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+
+def split_range(total: int, parts: int, index: int) -> tuple[int, int]:
+    """The ``index``-th of ``parts`` balanced contiguous pieces of ``range(total)``."""
+    return total * index // parts, total * (index + 1) // parts
+
+
+def worker_rng(seed: int, epoch: int, rank: int, worker: int) -> np.random.Generator:
+    """Independent random stream per (seed, epoch, rank, worker)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, rank, worker]))
+
+
+def train_steps_for_worker(steps: int, worker: int, num_workers: int) -> int:
+    """Batches worker ``worker`` yields so that a rank's workers yield ``steps`` batches in total."""
+    return steps // num_workers + (1 if worker < steps % num_workers else 0)
+
+
+def eval_batches_per_rank(num_users: int, world_size: int, batch_size: int) -> int:
+    rows = -(-num_users // world_size)
+    return -(-rows // batch_size)
+
+
+@dataclass(frozen=True)
+class EvalShare:
+    """What one (rank, worker) yields in evaluation: real users in global slots
+    ``[slot_start, slot_end)`` in order, then ``rows - (slot_end - slot_start)`` padding rows, cut into
+    batches of ``batch_size`` (the last one possibly shorter)."""
+
+    slot_start: int
+    slot_end: int
+    rows: int
+    batch_size: int
+
+    @property
+    def real_rows(self) -> int:
+        return self.slot_end - self.slot_start
+
+    def batch_sizes(self) -> list[int]:
+        full, rest = divmod(self.rows, self.batch_size)
+        return [self.batch_size] * full + ([rest] if rest else [])
+
+
+def eval_share(num_users: int, rank: int, world_size: int, worker: int, num_workers: int, batch_size: int) -> EvalShare:
+    check_rank(rank, world_size)
+    rank_start, rank_end = split_range(num_users, world_size, rank)
+    rank_rows = -(-num_users // world_size)  # every rank yields this many rows, padded
+    k0, k1 = split_range(eval_batches_per_rank(num_users, world_size, batch_size), num_workers, worker)
+    lo, hi = k0 * batch_size, min(k1 * batch_size, rank_rows)
+    real_hi = min(hi, rank_end - rank_start)
+    real_lo = min(lo, real_hi)
+    return EvalShare(rank_start + real_lo, rank_start + real_hi, max(hi - lo, 0), batch_size)
+
+
+def overlapping_shards(shard_users: Sequence[int], start: int, end: int) -> list[tuple[int, int]]:
+    """``(shard_index, first_slot)`` of every shard holding a slot in ``[start, end)``."""
+    out = []
+    first = 0
+    for i, n in enumerate(shard_users):
+        if first < end and first + n > start:
+            out.append((i, first))
+        first += n
+    return out
+
+
+def read_blocks(url: str, expected_users: int | None = None, num_items: int | None = None) -> Iterator[UserBlock]:
+    """Decode the user blocks of one shard in order.
+
+    Raises :class:`ShardReadError` naming ``url`` on an unreadable/truncated/corrupt tar, a bad
+    block, or (when ``expected_users`` is given) a user count different from the manifest's.
+    """
+    count = 0
+    try:
+        for sample in tarfile_samples([{"url": url}]):
+            block = decode_block(sample, num_items)
+            count += len(block)
+            if expected_users is not None and count > expected_users:
+                raise ShardReadError(f"{url}: holds more than the {expected_users} users the manifest lists "
+                                     "(manifest does not match shards)")
+            yield block
+    except ShardReadError:
+        raise
+    except Exception as e:  # tarfile.ReadError, OSError from a pipe:, ValueError from decode_block, ...
+        raise ShardReadError(f"{url}: cannot read shard: {type(e).__name__}: {e}") from e
+    if expected_users is not None and count != expected_users:
+        raise ShardReadError(f"{url}: holds {count} users, the manifest lists {expected_users} "
+                             "(truncated shard, or manifest does not match shards)")
+
+
+def chunked(rows: Iterator, sizes: Sequence[int]) -> Iterator[list]:
+    """Cut ``rows`` into consecutive lists of the given sizes; error if it runs out early."""
+    for size in sizes:
+        chunk = list(itertools.islice(rows, size))
+        if len(chunk) != size:
+            raise RuntimeError(f"internal: expected a chunk of {size} rows, got {len(chunk)}")
+        yield chunk
+
+
+# A padding row (valid=False, user -1): one dummy item so no row is all padding (see splits.PAD_ROW).
+_PAD = (splits.PAD_ROW, splits.PAD_ROW_ITEM, splits.PAD_ROW, -1, False)
+
+
+class TrainDataset(IterableDataset):
+    """Training batches ``{"items", "targets"}``: ``steps`` per rank per epoch over all its workers.
+
+    Each (rank, worker) draws shards with replacement from its own RNG (seed, epoch, rank, worker),
+    takes one random window per eligible user per shard visit and shuffles windows in a buffer of
+    ``shuffle_buffer`` users. Works with any number of shards, even fewer than ranks x workers.
+    """
+
+    def __init__(self, urls: Sequence[str], shard_users: Sequence[int], num_items: int, *, max_len: int,
+                 batch_size: int, shuffle_buffer: int, steps: int, seed: int, rank: int, world_size: int):
+        check_rank(rank, world_size)
+        if len(urls) != len(shard_users):
+            raise ValueError(f"{len(urls)} urls for {len(shard_users)} shards")
+        self.urls, self.shard_users, self.num_items = list(urls), list(shard_users), num_items
+        self.max_len, self.batch_size, self.shuffle_buffer = max_len, batch_size, shuffle_buffer
+        self.steps, self.seed, self.rank, self.world_size = steps, seed, rank, world_size
+        self.epoch = 0  # set in the main process before each epoch (see datamodule._EpochLoader)
+        self._iterations = 0  # epochs started by this copy: advances the epoch with persistent workers
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = current_worker()
+        rng = worker_rng(self.seed, self.epoch + self._iterations, self.rank, worker)
+        self._iterations += 1
+        windows = self._shuffled(self._windows(rng), random.Random(int(rng.integers(2**63))))
+        for _ in range(train_steps_for_worker(self.steps, worker, num_workers)):
+            yield splits.collate_train([next(windows) for _ in range(self.batch_size)])
+
+    def _windows(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """Endless training windows (copies, so the buffer does not pin whole blocks)."""
+        visits_without_examples = 0
+        while True:
+            i = int(rng.integers(len(self.urls)))
+            produced = 0
+            for block in read_blocks(self.urls[i], self.shard_users[i], self.num_items):
+                index, start, size = splits.train_window_starts(np.diff(block.offsets), self.max_len, rng)
+                first = block.offsets[index] + start
+                items = block.items
+                for a, b in zip(first.tolist(), (first + size).tolist()):
+                    yield items[a:b].copy()
+                produced += len(index)
+            visits_without_examples = 0 if produced else visits_without_examples + 1
+            if visits_without_examples > 4 * len(self.urls) + 16:
+                raise ShardReadError(f"no training examples in {visits_without_examples} shard visits: every user "
+                                     "has fewer than 4 events (training uses s[:-2] and needs >= 2 items)")
+
+    def _shuffled(self, windows: Iterator[np.ndarray], rnd: random.Random) -> Iterator[np.ndarray]:
+        buf: list = []
+        cap = self.shuffle_buffer
+        for w in windows:
+            if len(buf) < cap:
+                buf.append(w)
+                continue
+            j = rnd.randrange(cap)
+            out, buf[j] = buf[j], w
+            yield out
+
+
+class EvalDataset(IterableDataset):
+    """Evaluation batches ``{"items", "target", "seen", "user", "valid"}`` for ``split`` in
+    ``splits.EVAL_SPLITS``: every user exactly once over all ranks and workers, the same number of
+    batches on every rank (:func:`eval_share`). Users without a history for the split and padding
+    rows are ``valid=False`` with ``user=-1``. ``seen_window`` "history": ``seen`` is the whole
+    history; "input": the model's input window."""
+
+    def __init__(self, split: str, urls: Sequence[str], shard_users: Sequence[int], num_items: int, *, max_len: int,
+                 batch_size: int, seen_window: str, rank: int, world_size: int):
+        if split not in splits.EVAL_SPLITS:
+            raise ValueError(f"split must be one of {splits.EVAL_SPLITS}, got {split!r}")
+        check_rank(rank, world_size)
+        self.split, self.urls, self.shard_users, self.num_items = split, list(urls), list(shard_users), num_items
+        self.num_users, self.max_len, self.batch_size = sum(self.shard_users), max_len, batch_size
+        self.seen_window, self.rank, self.world_size = seen_window, rank, world_size
+
+    def __len__(self) -> int:
+        return eval_batches_per_rank(self.num_users, self.world_size, self.batch_size)
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = current_worker()
+        share = eval_share(self.num_users, self.rank, self.world_size, worker, num_workers, self.batch_size)
+        for rows in chunked(self._rows(share), share.batch_sizes()):
+            yield splits.collate_eval(*zip(*rows))
+
+    def _rows(self, share: EvalShare) -> Iterator[tuple]:
+        for shard, first in overlapping_shards(self.shard_users, share.slot_start, share.slot_end):
+            shard_end = first + self.shard_users[shard]
+            blocks = read_blocks(self.urls[shard], self.shard_users[shard], self.num_items)
+            try:
+                pos = first
+                for block in blocks:
+                    lo, hi = max(share.slot_start, pos) - pos, min(share.slot_end, pos + len(block)) - pos
+                    for j in range(lo, hi):
+                        yield self._row(block.sequence(j), int(block.users[j]))
+                    pos += len(block)
+                    if share.slot_end <= pos < shard_end:
+                        break  # the rest of this shard belongs to other workers/ranks
+            finally:
+                blocks.close()
+        for _ in range(share.rows - share.real_rows):
+            yield _PAD
+
+    def _row(self, seq: np.ndarray, user: int) -> tuple:
+        if not splits.eval_eligible(len(seq), self.split):
+            return _PAD
+        window, target, history = splits.eval_example(seq, self.split, self.max_len)
+        return window, target, (history if self.seen_window == "history" else window), user, True

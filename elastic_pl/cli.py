@@ -1,0 +1,142 @@
+"""``elastic-pl prepare|train|evaluate|predict|export|demo --config FILE key=value ...``
+
+Every command reads the same config tree (elastic_pl.config): the YAML file, then overrides.
+Config errors are reported before any work starts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .config import Config, ConfigError, load_config
+
+HR_KEYS = ["hr@1", "hr@5", "hr@10", "hr@20", "hr@50"]
+NDCG_KEYS = ["ndcg@5", "ndcg@10", "ndcg@20", "ndcg@50", "mrr"]
+
+
+def metrics_table(metrics: dict, prefix: str = "test/") -> str:
+    """A small markdown table of the ranking metrics."""
+    def row(keys):
+        return "| " + " | ".join(f"{metrics.get(prefix + k, float('nan')):.4f}" for k in keys) + " |"
+
+    head = lambda keys: "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)  # noqa: E731
+    users = metrics.get(prefix + "count")
+    lines = [head(HR_KEYS), row(HR_KEYS), "", head(NDCG_KEYS), row(NDCG_KEYS)]
+    if users is not None:
+        lines.append(f"\n{int(users)} users, full ranking over the catalog")
+    return "\n".join(lines)
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_prepare(cfg: Config, args) -> dict:
+    from data_pipeline import prepare as prep
+
+    src, pcfg = cfg.data.source, cfg.data.prepare
+    if cfg.data.synthetic is not None and not Path(src.path).exists() and args.bucket is None and not args.finalize:
+        from data_pipeline.synthetic import generate
+
+        print(f"generating synthetic log -> {src.path}")
+        print(json.dumps(generate(cfg.data.synthetic, src.path, progress=True)))
+    if args.bucket is not None:  # one bucket of a SLURM array job (the plan must exist)
+        return prep.prepare_bucket(src, pcfg, args.bucket)
+    if args.finalize:
+        return prep.finalize(pcfg, src)
+    manifest = prep.prepare(src, pcfg)
+    print(f"prepared {manifest['num_users']} users, {manifest['num_items']} items, "
+          f"{manifest['num_events']} events -> {pcfg.output_dir}")
+    return manifest
+
+
+def cmd_train(cfg: Config, args) -> dict:
+    from .train import fit
+
+    result = fit(cfg)
+    if result.trainer.is_global_zero:
+        print(f"\nrun directory: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}")
+        print("test (leave-one-out, full ranking" + (", history filtered" if cfg.eval.filter_seen else "") + "):")
+        print(metrics_table(result.test))
+    return result.test
+
+
+def cmd_evaluate(cfg: Config, args) -> dict:
+    from .train import evaluate
+
+    metrics = evaluate(cfg, _checkpoint(args), split=args.split)
+    prefix = "val/" if args.split == "valid" else "test/"
+    print(metrics_table(metrics, prefix))
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if args.out and rank_zero_only.rank == 0:
+        Path(args.out).write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def cmd_predict(cfg: Config, args) -> dict:
+    from .predict import predict
+
+    out = predict(cfg, _checkpoint(args), args.out)
+    print(f"wrote top-{cfg.eval.top_k} recommendations for {out['users']} users -> {out['path']}")
+    return out
+
+
+def cmd_export(cfg: Config, args) -> dict:
+    from .export import check_export, export_serving
+    from .train import load_module
+
+    module = load_module(_checkpoint(args))
+    out_dir = Path(args.out or Path(_checkpoint(args)).parent.parent / "serving")
+    info = export_serving(module.model.eval(), out_dir, format=args.format)
+    errors = check_export(module.model.eval(), out_dir)
+    print(f"exported serving path ({args.format}) -> {out_dir}; max rel. error vs eager: {errors}")
+    return info
+
+
+def cmd_demo(cfg: Config, args) -> dict:
+    """The embedded default end to end: synthetic log -> shards -> train -> test metrics."""
+    args.bucket, args.finalize = None, False
+    cmd_prepare(cfg, args)
+    return cmd_train(cfg, args)
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "export": cmd_export, "demo": cmd_demo}
+
+
+def _checkpoint(args) -> str:
+    if not args.checkpoint:
+        raise ConfigError(f"{args.command}: --checkpoint PATH is required")
+    if not Path(args.checkpoint).is_file():
+        raise ConfigError(f"{args.command}: checkpoint not found: {args.checkpoint}")
+    return args.checkpoint
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="elastic-pl", description=__doc__.splitlines()[0])
+    p.add_argument("command", choices=sorted(COMMANDS))
+    p.add_argument("--config", help="YAML config (see configs/); omitted: the embedded laptop default")
+    p.add_argument("--checkpoint", help="evaluate/predict/export: a checkpoint file")
+    p.add_argument("--split", choices=["valid", "test"], default="test", help="evaluate: which split")
+    p.add_argument("--bucket", type=int, help="prepare: process one bucket only (SLURM array task)")
+    p.add_argument("--finalize", action="store_true", help="prepare: only write the manifest (after all buckets)")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript", help="export format")
+    p.add_argument("--out", help="evaluate: metrics JSON; predict: Parquet file; export: directory")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. model.d_model=128")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"elastic-pl: {e}", file=sys.stderr)
+        return 2
+    COMMANDS[args.command](cfg, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

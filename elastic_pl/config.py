@@ -1,0 +1,153 @@
+"""The one typed config tree (OmegaConf structured configs).
+
+A run's config = these dataclass defaults (the laptop default: synthetic logs, CPU, one
+process, W&B offline) <- a YAML file from ``configs/`` <- ``key=value`` overrides. An unknown
+key or a value of the wrong type is an error naming the key and where it came from, raised
+before any work starts. The resolved tree is saved with every run and checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from data_pipeline.config import PrepareConfig, SourceConfig, SyntheticConfig
+from data_pipeline.datamodule import LoaderConfig
+
+from .model.config import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A bad config key, type or value; the message names the key and its source."""
+
+
+@dataclass
+class RunConfig:
+    root: str = "runs"
+    experiment: str = "default"
+    run_id: Optional[str] = None  # None: a new timestamped id, so a new run
+    dir: Optional[str] = None  # overrides root/experiment/run_id (SLURM: stable per experiment)
+    seed: int = 0
+
+
+def _demo_synthetic() -> SyntheticConfig:
+    return SyntheticConfig(num_users=3000, num_items=2000, num_clusters=40, mean_length=60.0,
+                           max_length=1000, seed=0)
+
+
+@dataclass
+class DataConfig:
+    """Defaults: the embedded laptop demo (a small synthetic log). For your own log set
+    ``synthetic: null`` and point ``source`` at it."""
+
+    synthetic: Optional[SyntheticConfig] = field(default_factory=_demo_synthetic)  # set: generate first
+    source: SourceConfig = field(default_factory=lambda: SourceConfig(path="data/demo/events.parquet",
+                                                                       format="parquet"))
+    prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(output_dir="data/demo/shards"))
+    loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(data_dir="${data.prepare.output_dir}"))
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01  # on weight matrices only (not biases, norms, embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.98
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int = 1  # per node; = --ntasks-per-node under SLURM
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp (GPU) | fsdp2 (ModelParallelStrategy, also CPU)
+    precision: str = "32-true"  # bf16-mixed on GPU
+    max_epochs: int = 10
+    max_steps: int = -1
+    max_time_minutes: Optional[float] = None
+    gradient_clip_val: float = 1.0
+    check_val_every_n_epoch: int = 1
+    limit_val_batches: Optional[float] = None
+    log_every_n_steps: int = 50
+    checkpoint_every_n_steps: int = 0  # 0 = off; else also keep a checkpoint every N steps
+    early_stopping_patience: int = 0  # validations without val/ndcg@10 improvement; 0 = off
+    compile: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    filter_seen: bool = True  # exclude the user's history items from the ranking
+    chunk_size: int = 65536  # items scored at once
+    top_k: int = 100  # recommendations written by `predict`
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    mode: str = "auto"  # auto: online if logged in, else offline | online | offline
+    project: str = "elastic-pl"
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+CHOICES = {
+    "trainer.accelerator": ("auto", "cpu", "gpu", "cuda"),
+    "trainer.strategy": ("auto", "ddp", "ddp_spawn", "fsdp", "fsdp2"),
+    "wandb.mode": ("auto", "online", "offline"),
+}
+
+
+def _merge(base, layer, source: str):
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{source}: bad config key or value '{key}': {msg}") from None
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated into a typed :class:`Config`."""
+    cfg = OmegaConf.structured(Config)
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        cfg = _merge(cfg, OmegaConf.load(p), str(p))
+    for item in overrides or []:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"command line: override {item!r} is not of the form key=value")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"command line '{item}'")
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {allowed} (got {value!r})")
+    try:
+        return OmegaConf.to_object(cfg)
+    except (ValueError, OmegaConfBaseException) as e:  # dataclass __post_init__ checks
+        raise ConfigError(f"invalid config: {e}") from None
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

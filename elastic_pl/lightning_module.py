@@ -1,0 +1,147 @@
+"""The LightningModule: wraps the plain-torch model with optimisation, evaluation and logging."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from typing import Optional
+
+import lightning as L
+import torch
+
+from .config import EvalConfig, OptimConfig
+from .metrics import FullRankingMetrics, target_ranks
+from .model import ModelConfig, SequentialRecommender
+from .model.memory import ProductKeyMemory
+
+
+class ElasticLightningModule(L.LightningModule):
+    """Training/validation/test/predict around :class:`SequentialRecommender`.
+
+    Hyper-parameters are plain dicts (saved in every checkpoint with the resolved run config),
+    so a checkpoint rebuilds its model without the config files.
+    """
+
+    def __init__(self, model: dict, optim: dict, eval: dict, run_config: Optional[dict] = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = ModelConfig(**model)
+        self.optim_cfg = OptimConfig(**optim)
+        self.eval_cfg = EvalConfig(**eval)
+        self.model = SequentialRecommender(self.model_cfg)
+        self.val_metrics = FullRankingMetrics()
+        self.test_metrics = FullRankingMetrics()
+        self._tokens, self._t0 = 0, None
+
+    @classmethod
+    def from_configs(cls, model: ModelConfig, optim: OptimConfig, eval: EvalConfig, run_config: Optional[dict] = None):
+        return cls(asdict(model), asdict(optim), asdict(eval), run_config)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.model(items)
+
+    # -- training -----------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        hidden = self.model(batch["items"])
+        loss = self.model.loss(hidden, batch["targets"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["items"].shape[0])
+        self._tokens += int((batch["items"] != 0).sum())
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        every = max(1, self.trainer.log_every_n_steps)
+        if (batch_idx + 1) % every:
+            return
+        now = time.perf_counter()
+        if self._t0 is not None:
+            tokens_per_s = self._tokens / (now - self._t0) * self.trainer.world_size
+            self.log("train/tokens_per_s", tokens_per_s, prog_bar=True)
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            self.log("train/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30)
+        else:
+            import resource
+
+            self.log("train/peak_rss_gib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+        self._tokens, self._t0 = 0, now
+
+    def on_train_epoch_start(self) -> None:
+        self._tokens, self._t0 = 0, time.perf_counter()
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def ranks(self, batch: dict) -> torch.Tensor:
+        query = self.model.query(self.model.encode_last(batch["items"]))
+        seen = batch["seen"] if self.eval_cfg.filter_seen else None
+        return target_ranks(query, self.model.item_matrix(), batch["target"], seen, self.eval_cfg.chunk_size)
+
+    def _memories(self):
+        return [m for m in self.model.modules() if isinstance(m, ProductKeyMemory)]
+
+    def on_validation_epoch_start(self) -> None:
+        for m in self._memories():
+            m.reset_usage()
+            m.track_usage = True
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.val_metrics.update(self.ranks(batch), batch["valid"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+        memories = self._memories()
+        for m in memories:
+            m.track_usage = False
+        if memories:
+            touched = sum(m.slots_touched() for m in memories) / len(memories)
+            self.log("val/memory_slots_touched", float(touched), sync_dist=True, reduce_fx="max")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.test_metrics.update(self.ranks(batch), batch["valid"])
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metrics)
+
+    def _log_metrics(self, split: str, metrics: FullRankingMetrics) -> None:
+        values = metrics.compute()  # reduced across ranks (sum states)
+        metrics.reset()
+        for k, v in values.items():  # already reduced over ranks: no sync_dist
+            self.log(f"{split}/{k}", v.float(), prog_bar=k == "ndcg@10", sync_dist=False)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Top-k items per user (history excluded if ``filter_seen``), padding rows dropped."""
+        query = self.model.query(self.model.encode_last(batch["items"])).float()
+        items = self.model.item_matrix().float()
+        k = min(self.eval_cfg.top_k, items.shape[0] - 1)
+        best_scores = torch.full((query.shape[0], k), -math.inf, device=query.device)
+        best_items = torch.zeros((query.shape[0], k), dtype=torch.long, device=query.device)
+        step = self.eval_cfg.chunk_size
+        for lo in range(1, items.shape[0], step):
+            scores = query @ items[lo:lo + step].T
+            if self.eval_cfg.filter_seen:  # mask history items that fall into this chunk
+                idx = batch["seen"] - lo
+                inside = (idx >= 0) & (idx < scores.shape[1])
+                hits = torch.zeros_like(scores).scatter_add_(1, idx.clamp(0, scores.shape[1] - 1), inside.to(scores.dtype))
+                scores = scores.masked_fill(hits > 0, -math.inf)
+            ids = torch.arange(lo, lo + scores.shape[1], device=query.device).expand_as(scores)
+            merged_s, pos = torch.cat([best_scores, scores], 1).topk(k, dim=1)
+            best_items = torch.cat([best_items, ids], 1).gather(1, pos)
+            best_scores = merged_s
+        keep = batch["valid"]
+        return {"user": batch["user"][keep].cpu(), "items": best_items[keep].cpu(), "scores": best_scores[keep].cpu()}
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        c = self.optim_cfg
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+        other = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                                 {"params": other, "weight_decay": 0.0}], lr=c.lr, betas=(c.beta1, c.beta2))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(c.warmup_steps, total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,59 @@
+"""``predict``: top-k recommendations per user, written to Parquet with the original ids."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .config import Config
+from .tracking import finish_wandb
+from .train import build_datamodule, build_trainer, load_module, run_dir
+
+
+def _id_map(data_dir: str, name: str, key: str) -> Optional[np.ndarray]:
+    """Dense id -> original id as an array indexed by the dense id (None if the map is absent)."""
+    path = Path(data_dir) / name
+    if not path.is_file():
+        return None
+    t = pq.read_table(path)
+    dense = t.column(key).to_numpy()
+    original = t.column("original").to_numpy(zero_copy_only=False)
+    out = np.empty(int(dense.max()) + 1, dtype=original.dtype)
+    out[dense] = original
+    return out
+
+
+def predict(cfg: Config, checkpoint: str, out: Optional[str] = None) -> dict:
+    """Rows (user, rank, item, score); ``user``/``item`` are the original ids when the manifest's
+    id maps exist, else the dense ids. Each rank writes its own part under DDP."""
+    module = load_module(checkpoint)
+    module.eval_cfg = cfg.eval
+    dm = build_datamodule(cfg)
+    directory = run_dir(cfg)
+    trainer = build_trainer(cfg, directory, stage="predict")
+    try:
+        batches = trainer.predict(module, datamodule=dm)
+    finally:
+        finish_wandb(trainer.loggers)
+    users = torch.cat([b["user"] for b in batches]).numpy()
+    items = torch.cat([b["items"] for b in batches]).numpy()
+    scores = torch.cat([b["scores"] for b in batches]).numpy()
+    k = items.shape[1]
+    user_map = _id_map(cfg.data.loader.data_dir, "user_map.parquet", "user")
+    item_map = _id_map(cfg.data.loader.data_dir, "item_map.parquet", "item")
+    table = pa.table({
+        "user": np.repeat(user_map[users] if user_map is not None else users, k),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users)),
+        "item": (item_map[items] if item_map is not None else items).reshape(-1),
+        "score": scores.reshape(-1).astype(np.float32),
+    })
+    path = Path(out) if out else directory / "predictions.parquet"
+    if trainer.world_size > 1:
+        path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return {"path": str(path), "users": int(len(users))}

@@ -1,0 +1,171 @@
+"""Build the Trainer for a run directory and run fit / evaluate / predict.
+
+A run lives in ``runs/<experiment>/<run_id>`` (or ``run.dir``): ``config.yaml`` (the resolved
+config), ``checkpoints/`` (best on val/ndcg@10, last, every N steps), ``hpc_ckpt_*.ckpt``
+(written by Lightning on SLURM preemption), ``csv/<stage>-<time>/metrics.csv`` (one per launch:
+Lightning's CSV writer would overwrite an existing file), ``wandb/`` and
+``wandb_run_id.txt``. Starting a run in a directory that holds checkpoints resumes from the
+newest one (step counter, optimizer, schedule and W&B run continue).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from data_pipeline.datamodule import ElasticDataModule
+
+from .config import Config, to_dict, to_yaml
+from .lightning_module import ElasticLightningModule
+from .strategies import build_strategy
+from .tracking import build_wandb_logger, finish_wandb
+
+BEST_METRIC = "val/ndcg@10"
+
+
+def run_dir(cfg: Config) -> Path:
+    """The run's directory. Without ``run.run_id``/``run.dir`` a new id is made once per launch
+    (SLURM: the job id, stable across requeues and the same for every task) and passed to the
+    processes Lightning starts through the environment."""
+    if cfg.run.dir:
+        return Path(cfg.run.dir)
+    run_id = cfg.run.run_id or os.environ.get("SLURM_JOB_ID") or os.environ.get("ELASTIC_PL_RUN_ID")
+    if not run_id:
+        run_id = time.strftime("%Y%m%d-%H%M%S")
+        os.environ["ELASTIC_PL_RUN_ID"] = run_id
+    return Path(cfg.run.root) / cfg.run.experiment / run_id
+
+
+def latest_checkpoint(directory: Path) -> Optional[Path]:
+    """The newest of ``hpc_ckpt_*.ckpt`` (preemption) and ``checkpoints/last.ckpt``, if any."""
+    candidates = list(directory.glob("hpc_ckpt_*.ckpt")) + list((directory / "checkpoints").glob("last*.ckpt"))
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def build_datamodule(cfg: Config) -> ElasticDataModule:
+    return ElasticDataModule(cfg.data.loader)
+
+
+def build_module(cfg: Config, num_items: int) -> ElasticLightningModule:
+    model_cfg = dataclasses.replace(cfg.model, num_items=num_items,
+                                    max_positions=max(cfg.model.max_positions, 1))
+    resolved = dataclasses.replace(cfg, model=model_cfg)
+    return ElasticLightningModule.from_configs(model_cfg, cfg.optim, cfg.eval, to_dict(resolved))
+
+
+def build_trainer(cfg: Config, directory: Path, *, stage: str, callbacks: Sequence = ()) -> L.Trainer:
+    """``stage``: fit | evaluate | predict (fit adds checkpointing and early stopping)."""
+    t, for_fit = cfg.trainer, stage == "fit"
+    csv_logger = CSVLogger(str(directory), name="csv", version=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
+    loggers, callbacks = [csv_logger], list(callbacks)
+    wandb_logger = build_wandb_logger(cfg, directory)
+    if wandb_logger is not None:
+        loggers.append(wandb_logger)
+    if for_fit:
+        ckpt_dir = str(directory / "checkpoints")
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, monitor=BEST_METRIC, mode="max", save_top_k=1,
+                                         save_last=True, filename="best-epoch{epoch}-step{step}",
+                                         auto_insert_metric_name=False))
+        if t.checkpoint_every_n_steps > 0:
+            callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_n_steps,
+                                             save_top_k=-1, save_last=True, filename="step{step}",
+                                             auto_insert_metric_name=False))
+        if t.early_stopping_patience > 0:
+            callbacks.append(EarlyStopping(monitor=BEST_METRIC, mode="max", patience=t.early_stopping_patience))
+    if t.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 5)))
+    return L.Trainer(
+        accelerator="gpu" if t.accelerator == "cuda" else t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=build_strategy(t),
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        max_time={"minutes": t.max_time_minutes} if t.max_time_minutes else None,
+        gradient_clip_val=t.gradient_clip_val or None,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        default_root_dir=str(directory),
+        logger=loggers,
+        callbacks=callbacks,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=for_fit,
+        use_distributed_sampler=False,  # the DataModule splits data across ranks itself
+    )
+
+
+def save_config(cfg: Config, directory: Path, trainer: L.Trainer) -> None:
+    if trainer.is_global_zero:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.yaml").write_text(to_yaml(cfg))
+
+
+def _metrics_of(trainer: L.Trainer, prefix: str) -> dict:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+
+
+@dataclasses.dataclass
+class FitResult:
+    run_dir: str
+    best_checkpoint: str
+    test: dict  # test/<metric> -> value, of the best checkpoint
+    trainer: L.Trainer
+    wandb_summary: dict  # what W&B recorded (rank 0), read back before the run was finished
+
+
+def fit(cfg: Config, callbacks: Sequence = ()) -> FitResult:
+    """Train (resuming if the run directory has a checkpoint), then test the best checkpoint."""
+    L.seed_everything(cfg.run.seed, workers=True)
+    directory = run_dir(cfg)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm.num_items)
+    if cfg.trainer.compile:
+        module.model = torch.compile(module.model)
+    trainer = build_trainer(cfg, directory, stage="fit", callbacks=callbacks)
+    save_config(dataclasses.replace(cfg, model=module.model_cfg), directory, trainer)
+    resume = latest_checkpoint(directory)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+    finally:
+        summary = finish_wandb(trainer.loggers)
+    result = FitResult(str(directory), best, _metrics_of(trainer, "test/"), trainer, summary)
+    if trainer.is_global_zero:
+        summary = {"run_dir": result.run_dir, "best_checkpoint": best, "test": result.test}
+        (directory / "test_metrics.json").write_text(json.dumps(summary, indent=2))
+    return result
+
+
+def load_module(checkpoint: str) -> ElasticLightningModule:
+    """A trained module from a checkpoint, loaded with ``weights_only=True`` (no pickle)."""
+    return ElasticLightningModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+
+
+def evaluate(cfg: Config, checkpoint: str, split: str = "test") -> dict:
+    directory = run_dir(cfg)
+    dm = build_datamodule(cfg)
+    module = load_module(checkpoint)
+    if module.model_cfg.num_items != dm.num_items:
+        raise ValueError(f"checkpoint {checkpoint} has num_items={module.model_cfg.num_items} but the data in "
+                         f"{cfg.data.loader.data_dir} has {dm.num_items}")
+    module.eval_cfg = cfg.eval
+    trainer = build_trainer(cfg, directory, stage="evaluate")
+    try:
+        if split == "valid":
+            trainer.validate(module, datamodule=dm, verbose=False)
+        else:
+            trainer.test(module, datamodule=dm, verbose=False)
+    finally:
+        finish_wandb(trainer.loggers)
+    return _metrics_of(trainer, "val/" if split == "valid" else "test/")

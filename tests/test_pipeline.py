@@ -1,0 +1,148 @@
+"""End to end on CPU: prepare synthetic -> train -> evaluate -> predict -> export; W&B offline;
+resume; config errors; 2-process DDP evaluation equals 1 process."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pyarrow.parquet as pq
+import pytest
+
+from elastic_pl.cli import main
+from elastic_pl.config import ConfigError, load_config
+from elastic_pl.train import fit, latest_checkpoint
+from tests.pipeline_config import tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run shared by the tests below: prepare + train 1 epoch + test."""
+    os.environ["WANDB_MODE"] = "offline"
+    tmp = tmp_path_factory.mktemp("e2e")
+    overrides = tiny_overrides(tmp, "run.run_id=first")
+    assert main(["prepare", *overrides]) == 0
+    result = fit(load_config(None, overrides))
+    return tmp, overrides, result
+
+
+def test_end_to_end_train_evaluate_predict_export(trained, tmp_path):
+    tmp, overrides, result = trained
+    run = Path(result.run_dir)
+    assert (run / "config.yaml").is_file() and Path(result.best_checkpoint).is_file()
+    assert 0.0 <= result.test["test/ndcg@10"] <= 1.0 and result.test["test/count"] == 120
+    # evaluate on the test split reproduces fit's test metrics (same best checkpoint)
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--checkpoint", result.best_checkpoint, "--out", str(out), *overrides]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["test/ndcg@10"] == pytest.approx(result.test["test/ndcg@10"], abs=1e-6)
+    # predict writes top-k per user with original ids
+    preds = tmp_path / "preds.parquet"
+    assert main(["predict", "--checkpoint", result.best_checkpoint, "--out", str(preds), *overrides,
+                 "eval.top_k=5"]) == 0
+    table = pq.read_table(preds).to_pydict()
+    assert len(table["user"]) == 120 * 5 and set(table["rank"]) == {1, 2, 3, 4, 5}
+    # export of the serving path, checked against eager inside the command
+    assert main(["export", "--checkpoint", result.best_checkpoint, "--out", str(tmp_path / "serving"), *overrides]) == 0
+    assert (tmp_path / "serving" / "serving.json").is_file()
+
+
+def test_resolved_config_saved_in_checkpoint(trained):
+    _, _, result = trained
+    import torch
+
+    ckpt = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    saved = ckpt["hyper_parameters"]["run_config"]
+    assert saved["model"]["num_items"] == ckpt["hyper_parameters"]["model"]["num_items"] > 0
+    assert saved["run"]["experiment"] == "e2e"
+
+
+def test_wandb_offline_run_logged_metrics_read_back(trained):
+    _, _, result = trained
+    run = Path(result.run_dir)
+    summary = result.wandb_summary  # read from the live W&B run object before it was finished
+    (fit_log,) = (run / "csv").glob("fit-*/metrics.csv")
+    rows = list(csv.DictReader(open(fit_log)))
+    logged_val = [float(r["val/ndcg@10"]) for r in rows if r.get("val/ndcg@10")]
+    assert summary["val/ndcg@10"] == pytest.approx(logged_val[-1], abs=1e-6)
+    assert summary["test/ndcg@10"] == pytest.approx(result.test["test/ndcg@10"], abs=1e-6)
+    run_id = (run / "wandb_run_id.txt").read_text().strip()
+    offline_runs = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert offline_runs, "no offline W&B run directory with the stored run id"
+
+
+class _Interrupt(L.Callback):
+    """Simulates a crash after ``at`` optimizer steps."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.at:
+            raise RuntimeError("simulated crash")
+
+
+class _StepRecorder(L.Callback):
+    def __init__(self):
+        self.first_step = None
+
+    def on_train_batch_start(self, trainer, *args):
+        if self.first_step is None:
+            self.first_step = trainer.global_step
+
+
+def test_resume_after_interruption_continues_step_and_wandb_run(trained):
+    tmp, overrides, _ = trained
+    cfg = load_config(None, overrides + ["run.run_id=resume", "trainer.max_epochs=2",
+                                         "trainer.checkpoint_every_n_steps=2"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(cfg, callbacks=[_Interrupt(at=5)])  # crashes in epoch 2 (4 steps per epoch)
+    run = Path(tmp / "runs" / "e2e" / "resume")
+    assert latest_checkpoint(run) is not None
+    run_id = (run / "wandb_run_id.txt").read_text()
+    recorder = _StepRecorder()
+    result = fit(cfg, callbacks=[recorder])
+    assert recorder.first_step == 4  # resumed from the step-4 checkpoint, not from 0
+    assert result.trainer.global_step == 8
+    assert (run / "wandb_run_id.txt").read_text() == run_id
+    assert len(list((run / "wandb").glob(f"offline-run-*-{run_id.strip()}"))) == 2
+
+
+@pytest.mark.parametrize("override,key", [("model.d_modell=3", "model.d_modell"),
+                                          ("trainer.max_epochs=abc", "trainer.max_epochs"),
+                                          ("model.chunk_size=0", "chunk_size"),
+                                          ("trainer.strategy=magic", "trainer.strategy")])
+def test_bad_config_fails_before_work(tmp_path, capsys, override, key):
+    assert main(["train", f"run.root={tmp_path}/runs", override]) == 2
+    assert key in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_yaml_key_names_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  d_model: 32\n  expertz: 4\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*model.expertz"):
+        load_config(str(bad))
+
+
+def test_ddp_evaluation_equals_single_process(trained, tmp_path):
+    _, overrides, result = trained
+    outs = {}
+    for devices in (1, 2):
+        out = tmp_path / f"eval{devices}.json"
+        cmd = [sys.executable, "-m", "elastic_pl", "evaluate", "--checkpoint", result.best_checkpoint,
+               "--out", str(out), *overrides, f"trainer.devices={devices}",
+               f"trainer.strategy={'ddp' if devices > 1 else 'auto'}", "wandb.enabled=false",
+               f"run.dir={tmp_path}/eval{devices}"]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[devices] = json.loads(out.read_text())
+    assert outs[2]["test/count"] == outs[1]["test/count"] == 120
+    for k, v in outs[1].items():
+        assert outs[2][k] == pytest.approx(v, abs=1e-6), k
