@@ -75,7 +75,8 @@ def test_dispatch_exact_for_huge_logits():
     k = torch.randn(B, H, nC * C, dh) * 1e4  # logits of order +-1e4
     v = torch.randn(B, H, nC * C, dh)
     experts = torch.randn(H, E, dh)
-    interests, has_history = dispatch(k, v, experts, C)
+    chunked = lambda t: t.unflatten(2, (nC, C)).transpose(1, 2)  # noqa: E731  [B, nC, H, C, dh]
+    interests, has_history = dispatch(chunked(k), chunked(v), experts)
     assert torch.isfinite(interests).all()
     logits = torch.einsum("bhsd,hed->bhes", k.double(), experts.double()) * dh**-0.5
     for c in range(nC):
@@ -85,7 +86,7 @@ def test_dispatch_exact_for_huge_logits():
         end = (c - 1) * C
         w = torch.softmax(logits[..., :end], dim=-1)
         expected = torch.einsum("bhes,bhsd->bhed", w, v[:, :, :end].double())
-        assert torch.allclose(interests[:, :, c].double(), expected, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(interests[:, c].double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def model_cfg(**kw) -> ModelConfig:

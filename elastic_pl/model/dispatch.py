@@ -15,19 +15,15 @@ import torch
 EMPTY = -1e30
 
 
-def chunk_partials(k: torch.Tensor, v: torch.Tensor, experts: torch.Tensor, chunk: int):
-    """k, v: [B, H, nC*C, dh]; experts: [H, E, dh] -> (m, z, u) with shapes
-    [B, H, nC, E], [B, H, nC, E], [B, H, nC, E, dh] (fp32). Every position counts: callers
+def chunk_partials(k: torch.Tensor, v: torch.Tensor, experts: torch.Tensor):
+    """k, v: [B, nC, H, C, dh] (chunk-major); experts: [H, E, dh] -> (m, z, u) with shapes
+    [B, nC, H, E], [B, nC, H, E], [B, nC, H, E, dh] (fp32). Every position counts: callers
     pass compacted rows, where positions a real query may pool are all real."""
-    B, H, N, dh = k.shape
-    k = k.float().view(B, H, N // chunk, chunk, dh)
-    v = v.float().view(B, H, N // chunk, chunk, dh)
-    logits = torch.einsum("bhncd,hed->bhnce", k, experts.float()) * dh**-0.5
-    m = logits.amax(dim=3).detach()  # a stabiliser only: the result does not depend on it
-    w = torch.exp(logits - m.unsqueeze(3))
-    z = w.sum(dim=3)
-    u = torch.einsum("bhnce,bhncd->bhned", w, v)
-    return m, z, u
+    dh = k.shape[-1]
+    logits = torch.einsum("bnhcd,hed->bnhec", k.float(), experts.float()) * dh**-0.5
+    m = logits.amax(dim=-1).detach()  # a stabiliser only: the result does not depend on it
+    w = torch.exp(logits - m.unsqueeze(-1))
+    return m, w.sum(dim=-1), torch.einsum("bnhec,bnhcd->bnhed", w, v.float())
 
 
 def combine(a, b):
@@ -37,7 +33,7 @@ def combine(a, b):
     return m, a[1] * sa + b[1] * sb, a[2] * sa.unsqueeze(-1) + b[2] * sb.unsqueeze(-1)
 
 
-def _shift(x: torch.Tensor, by: int, fill: float, dim: int = 2) -> torch.Tensor:
+def _shift(x: torch.Tensor, by: int, fill: float, dim: int = 1) -> torch.Tensor:
     """x shifted by ``by`` along ``dim`` (towards later chunks), the front filled with ``fill``."""
     if by >= x.shape[dim]:
         return torch.full_like(x, fill)
@@ -46,21 +42,21 @@ def _shift(x: torch.Tensor, by: int, fill: float, dim: int = 2) -> torch.Tensor:
 
 
 def prefix_scan(m, z, u):
-    """Inclusive prefix over the chunk axis (dim 2) with :func:`combine`."""
-    n, step = m.shape[2], 1
+    """Inclusive prefix over the chunk axis (dim 1) with :func:`combine`."""
+    n, step = m.shape[1], 1
     while step < n:
         m, z, u = combine((m, z, u), (_shift(m, step, EMPTY), _shift(z, step, 0.0), _shift(u, step, 0.0)))
         step *= 2
     return m, z, u
 
 
-def dispatch(k: torch.Tensor, v: torch.Tensor, experts: torch.Tensor, chunk: int):
-    """Compressed interests per chunk: ([B, H, nC, E, dh] fp32, has_history [B, nC] bool).
-
-    Chunk c sees the prefix through chunk c - 2; chunks 0 and 1 have no history (zeros)."""
-    m, z, u = prefix_scan(*chunk_partials(k, v, experts, chunk))
+def dispatch(k: torch.Tensor, v: torch.Tensor, experts: torch.Tensor):
+    """k, v [B, nC, H, C, dh] -> compressed interests per chunk ([B, nC, H, E, dh] fp32,
+    has_history [B, nC] bool). Chunk c sees the prefix through chunk c - 2; chunks 0 and 1
+    have no history (zeros)."""
+    m, z, u = prefix_scan(*chunk_partials(k, v, experts))
     z = _shift(z, 2, 0.0)
     u = _shift(u, 2, 0.0)
-    has_history = z[:, 0, :, 0] > 0  # same for all heads/experts: some position was pooled
+    has_history = z[:, :, 0, 0] > 0  # same for all heads/experts: some position was pooled
     interests = u / z.clamp_min(torch.finfo(z.dtype).tiny).unsqueeze(-1)
     return interests, has_history

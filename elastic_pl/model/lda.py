@@ -45,33 +45,29 @@ class LinearDispatcherAttention(nn.Module):
 
     # -- full sequence ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, N, D] of compacted rows -> [B, N, D]."""
+        """x [B, N, D] of compacted rows -> [B, N, D]. Works chunk-major ([B, nC, H, C, dh]) so
+        the combine is one 4-D attention call over B * nC chunks (fused SDPA kernels need 4-D)."""
         B, N, D = x.shape
-        C = self.c
+        C, H, E, dh = self.c, self.h, self.e, self.dh
         n_chunks = -(-N // C)
         x = F.pad(x, (0, 0, 0, n_chunks * C - N))
-        q, k, v = (self.heads(t) for t in self.qkv(x).chunk(3, dim=-1))  # [B, H, Np, dh]
-        interests, has_history = dispatch(k, v, self.experts, C)  # [B, H, nC, E, dh], [B, nC]
-        interests = interests.permute(0, 2, 3, 1, 4).reshape(B, n_chunks, self.e, D)
+        q, k, v = self.qkv(x).view(B, n_chunks, C, 3, H, dh).transpose(2, 4).unbind(3)  # [B, nC, H, C, dh]
+        interests, has_history = dispatch(k, v, self.experts)  # [B, nC, H, E, dh], [B, nC]
+        interests = interests.transpose(2, 3).reshape(B, n_chunks, E, D)
         ke, ve = self.expert_keys_values(interests)  # [B, nC, H, E, dh]
-        ke, ve = ke.transpose(1, 2), ve.transpose(1, 2)  # [B, H, nC, E, dh]
 
-        def chunks(t):  # [B, H, Np, dh] -> [B, H, nC, C, dh]
-            return t.unflatten(2, (n_chunks, C))
+        def with_previous(t):  # chunks c-1 and c side by side: [B, nC, H, 2C, dh]
+            return torch.cat([F.pad(t, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1], t], dim=3)
 
-        def with_previous(t):  # keys of chunks c-1 and c side by side: [B, H, nC, 2C, dh]
-            t = chunks(t)
-            return torch.cat([F.pad(t, (0, 0, 0, 0, 1, 0))[:, :, :-1], t], dim=3)
-
-        keys = torch.cat([ke.to(q.dtype), with_previous(k)], dim=3)  # [B, H, nC, E+2C, dh]
-        values = torch.cat([ve.to(q.dtype), with_previous(v)], dim=3)
-        mask = self.attention_mask(has_history, n_chunks, x.device)
-        out = F.scaled_dot_product_attention(chunks(q), keys, values, attn_mask=mask)
-        out = out.flatten(2, 3).transpose(1, 2).reshape(B, n_chunks * C, D)[:, :N]
+        keys = torch.cat([ke.to(q.dtype), with_previous(k)], dim=3).flatten(0, 1)  # [B*nC, H, E+2C, dh]
+        values = torch.cat([ve.to(q.dtype), with_previous(v)], dim=3).flatten(0, 1)
+        mask = self.attention_mask(has_history, n_chunks, x.device).flatten(0, 1)  # [B*nC, 1, C, E+2C]
+        out = F.scaled_dot_product_attention(q.flatten(0, 1), keys, values, attn_mask=mask)
+        out = out.view(B, n_chunks, H, C, dh).transpose(2, 3).reshape(B, n_chunks * C, D)[:, :N]
         return self.out(out)
 
     def attention_mask(self, has_history: torch.Tensor, n_chunks: int, device) -> torch.Tensor:
-        """[B, 1, nC, C, E+2C] bool: experts if the chunk has history; the previous chunk if it
+        """[B, nC, 1, C, E+2C] bool: experts if the chunk has history; the previous chunk if it
         exists; the current chunk causally."""
         C = self.c
         i = torch.arange(C, device=device)
@@ -80,7 +76,7 @@ class LinearDispatcherAttention(nn.Module):
         previous = has_prev[:, None, None].expand(n_chunks, C, C)
         local = torch.cat([previous, current.expand(n_chunks, C, C)], dim=-1)  # [nC, C, 2C]
         experts = has_history[:, :, None, None].expand(-1, -1, C, self.e)  # [B, nC, C, E]
-        return torch.cat([experts, local.expand(has_history.shape[0], -1, -1, -1)], dim=-1).unsqueeze(1)
+        return torch.cat([experts, local.expand(has_history.shape[0], -1, -1, -1)], dim=-1).unsqueeze(2)
 
     # -- streaming ----------------------------------------------------------------------------
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -105,8 +101,8 @@ class LinearDispatcherAttention(nn.Module):
         # the old current chunk becomes the previous one.
         new_chunk = (slot == 0) & (count > 0)
         fold = (new_chunk & (chunk >= 2)).view(B, 1, 1)
-        m, z, u = chunk_partials(state["k_prev"], state["v_prev"], self.experts, C)  # one chunk
-        m, z, u = combine((state["disp_m"], state["disp_z"], state["disp_u"]), (m[:, :, 0], z[:, :, 0], u[:, :, 0]))
+        m, z, u = chunk_partials(state["k_prev"].unsqueeze(1), state["v_prev"].unsqueeze(1), self.experts)
+        m, z, u = combine((state["disp_m"], state["disp_z"], state["disp_u"]), (m[:, 0], z[:, 0], u[:, 0]))
         disp_m = torch.where(fold, m, state["disp_m"])
         disp_z = torch.where(fold, z, state["disp_z"])
         disp_u = torch.where(fold.unsqueeze(-1), u, state["disp_u"])

@@ -26,18 +26,20 @@ class SequentialRecommender(nn.Module):
         self.encoder = Encoder(cfg)
 
     # -- encoding -----------------------------------------------------------------------------
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[B, N] -> [B, N, D]; with ``last_only`` the hidden state at each row's last real item
+        [B, D] (batched inference; through ``forward`` so wrappers such as FSDP see the call)."""
         real = items != 0
         order, inverse = compaction_order(real)
         hidden = self.encoder(self.embedding(gather_rows(items, order)))
+        if last_only:
+            last = (real.sum(1) - 1).clamp_min(0)  # compacted rows: the last real item is here
+            return hidden[torch.arange(items.shape[0], device=items.device), last]
         return gather_rows(hidden, inverse).masked_fill(~real.unsqueeze(-1), 0.0)
 
     def encode_last(self, items: torch.Tensor) -> torch.Tensor:
-        """Hidden state at each row's last real item [B, D] (batched inference)."""
-        order, _ = compaction_order(items != 0)
-        hidden = self.encoder(self.embedding(gather_rows(items, order)))
-        last = ((items != 0).sum(1) - 1).clamp_min(0)
-        return hidden[torch.arange(items.shape[0], device=items.device), last]
+        """Hidden state at each row's last real item [B, D]."""
+        return self(items, last_only=True)
 
     # -- scoring ------------------------------------------------------------------------------
     def query(self, hidden: torch.Tensor) -> torch.Tensor:
