@@ -293,6 +293,9 @@ def bench(args) -> None:
                     gc.collect()
                 models[enc] = build(args, enc)
             rec = run_config(args, enc, n, mode, *models[enc])
+            if args.device == "cpu" and rec.get("status") == "ok":
+                # RSS of a long-lived process mixes configurations: only isolated runs say
+                rec.update(peak_mib=None, peak_kind="n/a (not isolated)")
         rec["env"] = env
         results.append(rec)
         print(fmt_row(rec), flush=True)

@@ -45,24 +45,59 @@ def count_bucket(stage_dir: str, b: int, keep_path: str, k: int, out_path: str) 
     return {"bucket": b, "users": users, "events": table.num_rows, "dropped_users": dropped}
 
 
-def _sorted_users(user: pa.ChunkedArray):
-    """(unique original ids sorted, code of each event) for int or string ids."""
+def dense_items(item: pa.ChunkedArray, originals: pa.Array) -> np.ndarray:
+    """Dense id (1..V, position in ``originals`` + 1) of each event's item; 0 if not in the map."""
+    if not pa.types.is_integer(item.type):
+        return (pc.fill_null(pc.index_in(item, value_set=originals), -1).to_numpy() + 1).astype(np.int32)
+    x, o = item.to_numpy(), originals.to_numpy()
+    lo, hi = int(o.min()), int(o.max())
+    if hi - lo < max(4 * len(o), 1 << 24):  # lookup table: O(1) per event
+        lut = np.zeros(hi - lo + 1, dtype=np.int32)
+        lut[o - lo] = np.arange(1, len(o) + 1, dtype=np.int32)
+        inside = (x >= lo) & (x <= hi)
+        return lut[np.where(inside, x - lo, 0)] * inside if not inside.all() else lut[x - lo]
+    so = np.argsort(o)
+    pos = np.minimum(np.searchsorted(o[so], x), len(o) - 1)
+    return np.where(o[so][pos] == x, so[pos] + 1, 0).astype(np.int32)
+
+
+def stable_argsort(key: np.ndarray) -> np.ndarray:
+    """``np.argsort(key, kind="stable")`` via a fast unstable sort plus a fix-up of tied runs."""
+    n = len(key)
+    order = np.argsort(key)
+    ks = key[order]
+    new = np.r_[True, ks[1:] != ks[:-1]]
+    if new.all():
+        return order
+    tied = ~new | np.r_[~new[1:], False]  # members of runs longer than one
+    idx = np.flatnonzero(tied)
+    run = (np.cumsum(new) - 1)[idx]
+    sub = order[idx]
+    order[idx] = sub[np.argsort(run * n + sub)]  # unique keys: run < n, sub < n
+    return order
+
+
+def user_order(user: pa.ChunkedArray, ts: np.ndarray):
+    """Order of events by (user id, ts, file position), the sorted unique users and their lengths."""
     if pa.types.is_integer(user.type):
-        uniq, codes = np.unique(user.to_numpy(), return_inverse=True)
-        return pa.array(uniq), codes.astype(np.int64)
-    uniq = pc.unique(user)
-    uniq = uniq.take(pc.sort_indices(uniq))
-    return uniq, pc.index_in(user, value_set=uniq).to_numpy().astype(np.int64)
-
-
-def _order(codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Stable argsort by (user code, ts): equal keys keep file order, i.e. the original row."""
-    if len(ts) == 0:
-        return np.zeros(0, dtype=np.int64)
+        u = user.to_numpy()
+        key_u, uniq = u - u.min(), None
+    else:
+        uniq = pc.unique(user)
+        uniq = uniq.take(pc.sort_indices(uniq))
+        key_u = pc.index_in(user, value_set=uniq).to_numpy().astype(np.int64)
     t = ts - ts.min()
-    if int(t.max()) < (1 << 32) and int(codes.max()) < (1 << 30):
-        return np.argsort((codes << 32) | t, kind="stable")
-    return np.lexsort((ts, codes))
+    ubits, tbits = int(key_u.max()).bit_length(), int(t.max()).bit_length()
+    if ubits + tbits <= 62 and len(ts) < (1 << 31):
+        order = stable_argsort((key_u << tbits) | t)
+    else:
+        order = np.lexsort((ts, key_u))
+    su = key_u[order]
+    starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]])
+    lengths = np.diff(np.r_[starts, len(su)]).astype(np.int64)
+    if uniq is None:
+        uniq = pa.array(u[order[starts]])
+    return order, uniq, lengths
 
 
 def write_bucket(stage_dir: str, b: int, item_map_path: str, k: int, user_base: int,
@@ -70,17 +105,18 @@ def write_bucket(stage_dir: str, b: int, item_map_path: str, k: int, user_base: 
     """Sort bucket ``b`` into user sequences and write ``b{b}-p{j}.tar`` parts + a user map part."""
     omap = pq.read_table(item_map_path, columns=["original"]).column("original").combine_chunks()
     table = read_bucket(stage_dir, b)
-    dense = pc.index_in(table.column("item"), value_set=omap)
+    dense = dense_items(table.column("item"), omap)
     if k > 0:
-        table, _ = _filter(table.filter(pc.is_valid(dense)), None, k)
-        dense = pc.index_in(table.column("item"), value_set=omap)
-    elif dense.null_count:
+        table, _ = _filter(table.filter(pa.array(dense > 0)), None, k)
+        dense = dense_items(table.column("item"), omap)
+    if len(dense) and dense.min() == 0:
         raise ValueError(f"bucket {b}: items missing from the item map (stale work dir?)")
-    uniq, codes = _sorted_users(table.column("user"))
-    order = _order(codes, table.column("ts").to_numpy())
-    items = (dense.to_numpy(zero_copy_only=False).astype(np.int32) + 1)[order]
-    lengths = np.bincount(codes, minlength=len(uniq)).astype(np.int64)
-    del table, dense, codes, order
+    if table.num_rows == 0:
+        order, uniq, lengths = np.zeros(0, np.int64), pa.array([], table.schema.field("user").type), np.zeros(0, np.int64)
+    else:
+        order, uniq, lengths = user_order(table.column("user"), table.column("ts").to_numpy())
+    items = dense[order]
+    del table, dense, order
     offsets = np.r_[0, np.cumsum(lengths)]
     users = user_base + np.arange(len(uniq), dtype=np.int64)
     parts, writer = [], None

@@ -5,56 +5,34 @@ bucket's first dense user id. The plan is a small JSON file that every bucket ta
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
-from typing import Callable, List, Sequence
+from typing import List
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_pipeline._bucket import count_bucket
+from data_pipeline._pool import run_tasks
 from data_pipeline._stage import stage
 from data_pipeline.config import PrepareConfig, SourceConfig, parse_size
 
-BYTES_PER_EVENT = 100  # measured working set of write_bucket per staged event (docs/DATA.md)
+BYTES_PER_EVENT = 120  # per-bucket working set per event: ~110 B measured at 3.1M events/bucket (docs/DATA.md)
 
 
-def _init_worker() -> None:
-    pa.set_cpu_count(1)  # one process per core; no nested thread pools
+def _merge_counts(paths: List[str], flush_rows: int = 1 << 23) -> pa.Table:
+    """Sum per-bucket (item, count) tables; merges in batches of ~flush_rows rows."""
+    def merge(ts):
+        t = pa.concat_tables(ts)
+        return t.group_by("item").aggregate([("count", "sum")]).rename_columns(["item", "count"])
 
-
-def run_tasks(fn: Callable, args: Sequence[tuple], workers: int, desc: str, progress: bool) -> List:
-    """``[fn(*a) for a in args]`` over ``workers`` spawned processes, with a progress bar."""
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(args), desc=desc, unit="bucket")
-    results: List = [None] * len(args)
-    try:
-        if workers <= 1 or len(args) <= 1:
-            for i, a in enumerate(args):
-                results[i] = fn(*a)
-                bar is not None and bar.update()
-            return results
-        with ProcessPoolExecutor(min(workers, len(args)), mp_context=get_context("spawn"),
-                                 initializer=_init_worker) as pool:
-            futs = {pool.submit(fn, *a): i for i, a in enumerate(args)}
-            for f in as_completed(futs):
-                results[futs[f]] = f.result()
-                bar is not None and bar.update()
-        return results
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _merge_counts(paths: List[str]) -> pa.Table:
-    total = None
+    pending, rows = [], 0
     for p in paths:
-        t = pq.read_table(p)
-        total = t if total is None else pa.concat_tables([total, t]).group_by("item").aggregate([("count", "sum")]).rename_columns(["item", "count"])
-    return total
+        pending.append(pq.read_table(p))
+        rows += pending[-1].num_rows
+        if rows > flush_rows and len(pending) > 1:
+            pending = [merge(pending)]
+            rows = pending[0].num_rows
+    return merge(pending) if len(pending) > 1 else pending[0]
 
 
 def make_plan(src: SourceConfig, cfg: PrepareConfig, work: str, item_map_path: str) -> dict:
@@ -78,7 +56,9 @@ def make_plan(src: SourceConfig, cfg: PrepareConfig, work: str, item_map_path: s
         if counts is None or counts.num_rows == 0:
             raise ValueError(f"{src.path}: no events left after k_core={k}")
         small = pc.less(counts.column("count"), k) if k > 1 else None
-        if k <= 1 or (sum(r["dropped_users"] for r in res) == 0 and not pc.any(small).as_py()):
+        # the user set is a function of the item set, so the fixed point is reached when no
+        # surviving item has 0 < count < k (items left with no events vanish harmlessly)
+        if k <= 1 or not pc.any(small).as_py():
             break
         keep_path = os.path.join(count_dir, f"keep-r{rounds:03d}.parquet")
         pq.write_table(counts.filter(pc.invert(small)).select(["item"]), keep_path)

@@ -1,12 +1,14 @@
 """Stage 1 of prepare: stream the raw events once and split them by user hash into buckets.
 
-Each bucket is an Arrow IPC stream file ``b{bucket:05d}.arrow`` with columns ``user, item, ts``.
-Rows keep their original relative order inside a bucket (a stable partition of each batch, batches
-in input order), so a row's position in its bucket file is its (ts, row) tie-breaker: the global
-``row`` column need not be stored.
+Bucket b of input slice w is an Arrow IPC stream file ``w{w:03d}-b{b:05d}.arrow`` (``user, item,
+ts``). Slices are contiguous ranges of the input (Parquet row groups, staged in parallel; text
+inputs are one slice) and each slice is partitioned stably, so reading a bucket's slices in order
+gives its events in original row order: a row's position is its (ts, row) tie-breaker and the
+global ``row`` column need not be stored.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from typing import List
@@ -16,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_pipeline.config import PrepareConfig, SourceConfig
-from data_pipeline.readers import ReadStats, iter_events
+from data_pipeline.readers import ReadStats, iter_events, parquet_units
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -38,13 +40,12 @@ def bucket_of(users: pa.Array, num_buckets: int) -> np.ndarray:
     return hashes[enc.indices.to_numpy(zero_copy_only=False)]
 
 
-def bucket_path(stage_dir: str, b: int) -> str:
-    return os.path.join(stage_dir, f"b{b:05d}.arrow")
+def bucket_path(stage_dir: str, part: int, b: int) -> str:
+    return os.path.join(stage_dir, f"w{part:03d}-b{b:05d}.arrow")
 
 
-def stage(src: SourceConfig, cfg: PrepareConfig, stage_dir: str, progress: bool = True) -> dict:
-    """Partition the events of ``src`` into ``cfg.num_buckets`` bucket files; return counts."""
-    os.makedirs(stage_dir, exist_ok=True)
+def stage_part(src: SourceConfig, cfg: PrepareConfig, stage_dir: str, part: int, units, progress: bool) -> dict:
+    """Partition one contiguous slice of the input (``units``; None = all) into bucket files."""
     nb = cfg.num_buckets
     stats = ReadStats()
     writers: List = [None] * nb
@@ -56,24 +57,24 @@ def stage(src: SourceConfig, cfg: PrepareConfig, stage_dir: str, progress: bool 
         from tqdm import tqdm
         bar = tqdm(desc="stage", unit="ev", unit_scale=True)
     try:
-        for batch in iter_events(src, stats, cfg.batch_rows):
+        for batch in iter_events(src, stats, cfg.batch_rows, units):
             if len(batch) == 0:
                 continue
             batch = pa.RecordBatch.from_arrays(batch.columns[:3], names=["user", "item", "ts"])
             if schema is None:
                 schema = batch.schema
                 for b in range(nb):
-                    sinks[b] = pa.OSFile(bucket_path(stage_dir, b) + ".tmp", "wb")
+                    sinks[b] = pa.OSFile(bucket_path(stage_dir, part, b) + ".tmp", "wb")
                     writers[b] = pa.ipc.new_stream(sinks[b], schema)
             elif batch.schema != schema:
                 raise ValueError(f"{src.path}: files disagree on column types ({batch.schema} vs {schema})")
             bid = bucket_of(batch.column(0), nb)
             order = np.argsort(bid, kind="stable")
             cnt = np.bincount(bid, minlength=nb)
-            part = batch.take(pa.array(order))
+            part_batch = batch.take(pa.array(order))
             ends = np.cumsum(cnt)
             for b in np.nonzero(cnt)[0]:
-                writers[b].write_batch(part.slice(int(ends[b] - cnt[b]), int(cnt[b])))
+                writers[b].write_batch(part_batch.slice(int(ends[b] - cnt[b]), int(cnt[b])))
             counts += cnt
             if bar is not None:
                 bar.update(len(batch))
@@ -84,15 +85,53 @@ def stage(src: SourceConfig, cfg: PrepareConfig, stage_dir: str, progress: bool 
                 s.close()
         if bar is not None:
             bar.close()
-    if schema is None or counts.sum() == 0:
-        what = " after filters" if stats.rows else ""
+    if schema is not None:
+        for b in range(nb):
+            os.replace(bucket_path(stage_dir, part, b) + ".tmp", bucket_path(stage_dir, part, b))
+    return {"read": stats.as_dict(), "bucket_events": counts.tolist(),
+            "schema": None if schema is None else [str(t) for t in schema.types]}
+
+
+def _split(units: list, parts: int) -> list:
+    """Contiguous slices of ``units`` with about equal rows (order is kept: row order = file order)."""
+    rows = np.cumsum([u[2] for u in units])
+    cuts = np.searchsorted(rows, rows[-1] * np.arange(1, parts) / parts, side="left") + 1
+    bounds = np.unique(np.r_[0, np.minimum(cuts, len(units)), len(units)])
+    return [units[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+
+def stage(src: SourceConfig, cfg: PrepareConfig, stage_dir: str, progress: bool = True) -> dict:
+    """Partition the events of ``src`` into ``cfg.num_buckets`` buckets; Parquet inputs are split
+    into ``cfg.stage_workers`` contiguous row-group ranges staged in parallel. Returns counts."""
+    from data_pipeline._pool import run_tasks
+    os.makedirs(stage_dir, exist_ok=True)
+    units = parquet_units(src) if cfg.stage_workers > 1 else None
+    if units and len(units) > 1:
+        slices = _split(units, cfg.stage_workers)
+        res = run_tasks(stage_part, [(src, cfg, stage_dir, i, s, False) for i, s in enumerate(slices)],
+                        cfg.stage_workers, "stage", progress)
+    else:
+        res = [stage_part(src, cfg, stage_dir, 0, None, progress)]
+    schemas = {tuple(r["schema"]) for r in res if r["schema"] is not None}
+    if len(schemas) > 1:
+        raise ValueError(f"{src.path}: files disagree on column types {sorted(schemas)}")
+    counts = np.sum([r["bucket_events"] for r in res], axis=0)
+    read = ReadStats()
+    for r in res:
+        read.rows += r["read"]["rows"]
+        read.filtered += r["read"]["filtered"]
+        for f, n in r["read"]["bad_by_file"].items():
+            read.add_bad(f, n)
+    if not schemas or counts.sum() == 0:
+        what = " after filters" if read.rows else ""
         raise ValueError(f"{src.path}: no events{what} (empty input)")
-    for b in range(nb):
-        os.replace(bucket_path(stage_dir, b) + ".tmp", bucket_path(stage_dir, b))
-    return {"read": stats.as_dict(), "events": int(counts.sum()), "bucket_events": counts.tolist(),
-            "user_type": str(schema.field("user").type), "item_type": str(schema.field("item").type)}
+    schema = schemas.pop()
+    return {"read": read.as_dict(), "events": int(counts.sum()), "bucket_events": counts.tolist(),
+            "user_type": schema[0], "item_type": schema[1]}
 
 
 def read_bucket(stage_dir: str, b: int) -> pa.Table:
-    """The staged events of bucket ``b`` (memory-mapped; empty table if the bucket is empty)."""
-    return pa.ipc.open_stream(pa.memory_map(bucket_path(stage_dir, b))).read_all()
+    """The staged events of bucket ``b``, parts in input order (memory-mapped)."""
+    parts = sorted(glob.glob(os.path.join(stage_dir, f"w*-b{b:05d}.arrow")))
+    tables = [pa.ipc.open_stream(pa.memory_map(p)).read_all() for p in parts]
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]

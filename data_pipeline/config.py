@@ -68,7 +68,8 @@ class PrepareConfig:
     num_buckets: int = 16  # users are hashed into buckets, each processed independently
     users_per_block: int = 512  # users per tar sample (data_pipeline.shards)
     shard_max_events: int = 2_000_000  # a shard is closed once it holds at least this many events
-    workers: int = 2  # local processes
+    workers: int = 2  # local processes (count passes, buckets)
+    stage_workers: int = 1  # processes splitting Parquet inputs by row group (slower on 2 cores)
     memory_limit: str = "4GB"  # per-worker working-set budget; prepare refuses buckets that exceed it
     batch_rows: int = 1_048_576  # rows per streamed batch while reading
     keep_work: bool = False  # keep <output_dir>/_work (staged buckets, done-files) after finalize
@@ -83,6 +84,7 @@ class PrepareConfig:
         _check(self.users_per_block >= 1, "prepare.users_per_block", "must be >= 1")
         _check(self.shard_max_events >= 1, "prepare.shard_max_events", "must be >= 1")
         _check(self.workers >= 1, "prepare.workers", "must be >= 1")
+        _check(self.stage_workers >= 1, "prepare.stage_workers", "must be >= 1")
         _check(self.batch_rows >= 1, "prepare.batch_rows", "must be >= 1")
         parse_size(self.memory_limit, "prepare.memory_limit")
 

@@ -11,6 +11,7 @@ workers, every rank the same number of batches, padding rows ``valid=False`` (se
 The DataLoader gets ``batch_size=None``: batches are built in the workers (numpy slicing per user),
 which is far cheaper than one collate call per sample.
 """
+import signal
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -75,6 +76,12 @@ class _EpochLoader(DataLoader):
         return super().__iter__()
 
 
+def ignore_preemption_signal(worker_id: int) -> None:
+    """DataLoader workers ignore SIGUSR1: SLURM signals every process of a job step, and a worker
+    killed by it would take its rank down before Lightning's checkpoint-and-requeue handler runs."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 class ElasticDataModule(L.LightningDataModule):
     """Streams shards described by ``<data_dir>/manifest.json``.
 
@@ -133,7 +140,8 @@ class ElasticDataModule(L.LightningDataModule):
         c = self.cfg
         kwargs = dict(batch_size=None, num_workers=c.num_workers, pin_memory=c.pin_memory)
         if c.num_workers > 0:
-            kwargs.update(multiprocessing_context=c.multiprocessing_context, persistent_workers=c.persistent_workers)
+            kwargs.update(multiprocessing_context=c.multiprocessing_context, persistent_workers=c.persistent_workers,
+                          worker_init_fn=ignore_preemption_signal)
         return kwargs
 
     def _trainer_epoch(self) -> Optional[int]:

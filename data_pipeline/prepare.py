@@ -30,7 +30,8 @@ from typing import List, Optional
 import pyarrow.parquet as pq
 
 from data_pipeline._bucket import write_bucket
-from data_pipeline._plan import make_plan, run_tasks
+from data_pipeline._plan import make_plan
+from data_pipeline._pool import run_tasks
 from data_pipeline._tarwriter import fsync_dir
 from data_pipeline.config import DataPrepConfig, PrepareConfig, SourceConfig
 from data_pipeline.readers import resolve_files

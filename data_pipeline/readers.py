@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -165,7 +165,7 @@ def _finish(src: SourceConfig, batch: pa.RecordBatch, roles: Dict[str, str], sta
     return out
 
 
-def _parquet_batches(src: SourceConfig, path: str, stats: ReadStats, batch_rows: int):
+def _parquet_batches(src: SourceConfig, path: str, stats: ReadStats, batch_rows: int, row_groups=None):
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     cols = {r: _pick(names, getattr(src, f"{r}_col"), r, path, r in ("user", "item")) for r in ("user", "item", "ts", "rating")}
@@ -173,8 +173,12 @@ def _parquet_batches(src: SourceConfig, path: str, stats: ReadStats, batch_rows:
         raise ValueError(f"source.rating_col: min_rating is set but {path} has no rating column")
     wanted = [c for r, c in cols.items() if c and (r != "rating" or src.min_rating is not None)]
     roles = {c: r for r, c in cols.items() if c}
-    start = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
+    groups = list(range(pf.num_row_groups)) if row_groups is None else list(row_groups)
+    start = sum(pf.metadata.row_group(g).num_rows for g in range(groups[0])) if groups else 0
+    # one row group per iter_batches call: a single call over many row groups keeps every
+    # pre-buffered chunk alive until it ends (RSS grew ~12 B/event, 1.4 GB at 1e8 events)
+    batches = (bt for g in groups for bt in pf.iter_batches(batch_size=batch_rows, columns=wanted, row_groups=[g]))
+    for batch in batches:
         nulls = sum(batch.column(c).null_count for c in wanted)
         if nulls:
             ok = None
@@ -190,10 +194,27 @@ def _parquet_batches(src: SourceConfig, path: str, stats: ReadStats, batch_rows:
         yield _finish(src, batch, roles, stats, path)
 
 
-def iter_events(src: SourceConfig, stats: Optional[ReadStats] = None, batch_rows: int = 1 << 20) -> Iterator[pa.RecordBatch]:
-    """Stream every file of ``src`` as ``user, item, ts, row`` batches (see module docstring)."""
+def parquet_units(src: SourceConfig) -> Optional[List[Tuple[str, int, int]]]:
+    """``(file, row group, rows)`` of every input row group if all inputs are Parquet, else None."""
+    files = resolve_files(src.path)
+    if any((src.format if src.format != "auto" else detect_format(f)) != "parquet" for f in files):
+        return None
+    return [(f, g, pq.ParquetFile(f).metadata.row_group(g).num_rows)
+            for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+
+
+def iter_events(src: SourceConfig, stats: Optional[ReadStats] = None, batch_rows: int = 1 << 20,
+                units: Optional[List[Tuple[str, int, int]]] = None) -> Iterator[pa.RecordBatch]:
+    """Stream every file of ``src`` as ``user, item, ts, row`` batches (see module docstring).
+
+    ``units``: read only these Parquet row groups (from :func:`parquet_units`), in that order.
+    """
     stats = stats if stats is not None else ReadStats()
     skip = src.on_bad_line == "skip"
+    if units is not None:
+        for path in dict.fromkeys(u[0] for u in units):
+            yield from _parquet_batches(src, path, stats, batch_rows, [u[1] for u in units if u[0] == path])
+        return
     for path in resolve_files(src.path):
         fmt = src.format if src.format != "auto" else detect_format(path)
         if fmt == "parquet":

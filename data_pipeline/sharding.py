@@ -17,7 +17,6 @@ shards works with any number of ranks and workers.
 from __future__ import annotations
 
 import itertools
-import random
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -161,19 +160,19 @@ class TrainDataset(IterableDataset):
         self.max_len, self.batch_size, self.shuffle_buffer = max_len, batch_size, shuffle_buffer
         self.steps, self.seed, self.rank, self.world_size = steps, seed, rank, world_size
         self.epoch = 0  # set in the main process before each epoch (see datamodule._EpochLoader)
-        self._iterations = 0  # epochs started by this copy: advances the epoch with persistent workers
+        self._iterations = 0  # epochs started by this copy since set_epoch (persistent workers never see it)
 
     def __len__(self) -> int:
         return self.steps
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self._iterations = epoch, 0
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = current_worker()
         rng = worker_rng(self.seed, self.epoch + self._iterations, self.rank, worker)
         self._iterations += 1
-        windows = self._shuffled(self._windows(rng), random.Random(int(rng.integers(2**63))))
+        windows = self._shuffled(self._windows(rng), np.random.default_rng(rng.integers(2**63)))
         for _ in range(train_steps_for_worker(self.steps, worker, num_workers)):
             yield splits.collate_train([next(windows) for _ in range(self.batch_size)])
 
@@ -195,14 +194,17 @@ class TrainDataset(IterableDataset):
                 raise ShardReadError(f"no training examples in {visits_without_examples} shard visits: every user "
                                      "has fewer than 4 events (training uses s[:-2] and needs >= 2 items)")
 
-    def _shuffled(self, windows: Iterator[np.ndarray], rnd: random.Random) -> Iterator[np.ndarray]:
+    def _shuffled(self, windows: Iterator[np.ndarray], rng: np.random.Generator) -> Iterator[np.ndarray]:
         buf: list = []
         cap = self.shuffle_buffer
+        picks: list = []
         for w in windows:
             if len(buf) < cap:
                 buf.append(w)
                 continue
-            j = rnd.randrange(cap)
+            if not picks:
+                picks = rng.integers(cap, size=4096).tolist()
+            j = picks.pop()
             out, buf[j] = buf[j], w
             yield out
 

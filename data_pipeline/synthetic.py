@@ -146,8 +146,14 @@ def main(argv=None) -> None:
     from dataclasses import fields
     ap = argparse.ArgumentParser(description="Write a synthetic event log (Parquet).")
     ap.add_argument("output")
+    def boolean(text: str) -> bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+        return text.lower() in ("true", "1")
+
     for f in fields(SyntheticConfig):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        kind = boolean if isinstance(f.default, bool) else type(f.default)
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
     a = vars(ap.parse_args(argv))
     out = a.pop("output")
     print(generate(SyntheticConfig(**a), out, progress=True))

@@ -36,10 +36,17 @@ def cmd_prepare(cfg: Config, args) -> dict:
 
     src, pcfg = cfg.data.source, cfg.data.prepare
     if cfg.data.synthetic is not None and not Path(src.path).exists() and args.bucket is None and not args.finalize:
+        # (also with --plan: the SLURM chain plan -> array of buckets -> finalize generates here)
         from data_pipeline.synthetic import generate
 
         print(f"generating synthetic log -> {src.path}")
         print(json.dumps(generate(cfg.data.synthetic, src.path, progress=True)))
+    if args.plan:  # stage 1 only, before a SLURM array of --bucket tasks (slurm/prepare_array.sh)
+        src.validate()
+        pcfg.validate()
+        p = prep.plan(src, pcfg)
+        print(json.dumps({k: p[k] for k in ("num_items", "num_users", "num_events", "fingerprint")}))
+        return p
     if args.bucket is not None:  # one bucket of a SLURM array job (the plan must exist)
         return prep.prepare_bucket(src, pcfg, args.bucket)
     if args.finalize:
@@ -62,9 +69,14 @@ def cmd_train(cfg: Config, args) -> dict:
 
 
 def cmd_evaluate(cfg: Config, args) -> dict:
-    from .train import evaluate
+    if args.baseline == "popularity":
+        from .popularity import evaluate_popularity
 
-    metrics = evaluate(cfg, _checkpoint(args), split=args.split)
+        metrics = evaluate_popularity(cfg, split=args.split)
+    else:
+        from .train import evaluate
+
+        metrics = evaluate(cfg, _checkpoint(args), split=args.split)
     prefix = "val/" if args.split == "valid" else "test/"
     print(metrics_table(metrics, prefix))
     from lightning.pytorch.utilities import rank_zero_only
@@ -96,7 +108,7 @@ def cmd_export(cfg: Config, args) -> dict:
 
 def cmd_demo(cfg: Config, args) -> dict:
     """The embedded default end to end: synthetic log -> shards -> train -> test metrics."""
-    args.bucket, args.finalize = None, False
+    args.bucket, args.finalize, args.plan = None, False, False
     cmd_prepare(cfg, args)
     return cmd_train(cfg, args)
 
@@ -108,7 +120,11 @@ COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate
 def _checkpoint(args) -> str:
     if not args.checkpoint:
         raise ConfigError(f"{args.command}: --checkpoint PATH is required")
-    if not Path(args.checkpoint).is_file():
+    path = Path(args.checkpoint)
+    if path.is_dir() and not (path / "meta.pt").is_file():
+        raise ConfigError(f"{args.command}: {args.checkpoint} is a directory but not a complete sharded "
+                          "(fsdp/fsdp2) checkpoint: no meta.pt")
+    if not path.exists():
         raise ConfigError(f"{args.command}: checkpoint not found: {args.checkpoint}")
     return args.checkpoint
 
@@ -117,9 +133,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="elastic-pl", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=sorted(COMMANDS))
     p.add_argument("--config", help="YAML config (see configs/); omitted: the embedded laptop default")
-    p.add_argument("--checkpoint", help="evaluate/predict/export: a checkpoint file")
+    p.add_argument("--checkpoint", help="evaluate/predict/export: a checkpoint file (or a sharded checkpoint "
+                                        "directory of trainer.strategy=fsdp|fsdp2)")
+    p.add_argument("--baseline", choices=["popularity"], help="evaluate: a baseline instead of a checkpoint")
     p.add_argument("--split", choices=["valid", "test"], default="test", help="evaluate: which split")
-    p.add_argument("--bucket", type=int, help="prepare: process one bucket only (SLURM array task)")
+    p.add_argument("--plan", action="store_true", help="prepare: only the plan stage (before the --bucket tasks)")
+    p.add_argument("--bucket", type=int, help="prepare: process one bucket only (SLURM array task; after --plan)")
     p.add_argument("--finalize", action="store_true", help="prepare: only write the manifest (after all buckets)")
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript", help="export format")
     p.add_argument("--out", help="evaluate: metrics JSON; predict: Parquet file; export: directory")
@@ -134,7 +153,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as e:
         print(f"elastic-pl: {e}", file=sys.stderr)
         return 2
-    COMMANDS[args.command](cfg, args)
+    from .strategies import Requeued
+
+    try:
+        COMMANDS[args.command](cfg, args)
+    except Requeued as e:  # SLURM preemption: the requeued job resumes from the saved checkpoint
+        print(f"elastic-pl: {e}", file=sys.stderr)
     return 0
 
 

@@ -40,6 +40,20 @@ class ElasticLightningModule(L.LightningModule):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self.model(items)
 
+    def configure_model(self) -> None:
+        """FSDP2 (``trainer.strategy=fsdp2``): shard every block, the interest memories and the
+        rest (embeddings) over the data-parallel mesh. Other strategies leave the model as is."""
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        dp = mesh["data_parallel"]
+        for block in self.model.encoder.blocks:
+            fully_shard(block, mesh=dp)
+        fully_shard(self.model, mesh=dp, reshard_after_forward=False)  # item table reused by the loss
+        self._sharded = True
+
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         hidden = self.model(batch["items"])

@@ -10,8 +10,11 @@ newest one (step counter, optimizer, schedule and W&B run continue).
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
+import functools
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,7 +28,7 @@ from data_pipeline.datamodule import ElasticDataModule
 
 from .config import Config, to_dict, to_yaml
 from .lightning_module import ElasticLightningModule
-from .strategies import build_strategy
+from .strategies import build_strategy, check_slurm_layout, requeue_callbacks, slurm_plugins
 from .tracking import build_wandb_logger, finish_wandb
 
 BEST_METRIC = "val/ndcg@10"
@@ -44,14 +47,63 @@ def run_dir(cfg: Config) -> Path:
     return Path(cfg.run.root) / cfg.run.experiment / run_id
 
 
+def is_sharded_checkpoint(path: Path) -> bool:
+    """A complete distributed checkpoint (fsdp / fsdp2 save a directory named like the file;
+    rank 0 writes its ``meta.pt`` last, so a directory without it is an unfinished save)."""
+    return path.is_dir() and (path / "meta.pt").is_file()
+
+
+def _checkpoint_mtime(path: Path) -> float:
+    # a directory's own mtime does not change when its files are overwritten in place
+    if path.is_dir():
+        return max([path.stat().st_mtime, *(f.stat().st_mtime for f in path.iterdir())])
+    return path.stat().st_mtime
+
+
 def latest_checkpoint(directory: Path) -> Optional[Path]:
-    """The newest of ``hpc_ckpt_*.ckpt`` (preemption) and ``checkpoints/last.ckpt``, if any."""
-    candidates = list(directory.glob("hpc_ckpt_*.ckpt")) + list((directory / "checkpoints").glob("last*.ckpt"))
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+    """The newest of ``hpc_ckpt_*.ckpt`` (preemption) and ``checkpoints/last*.ckpt``, if any;
+    files or (sharded strategies) checkpoint directories."""
+    candidates = [p for p in [*directory.glob("hpc_ckpt_*.ckpt"), *(directory / "checkpoints").glob("last*.ckpt")]
+                  if p.is_file() or is_sharded_checkpoint(p)]
+    return max(candidates, key=_checkpoint_mtime) if candidates else None
+
+
+def _dataloader_worker_init(worker_id: int, rank: int, seed_workers: bool) -> None:
+    # SLURM signals every process of a job step, DataLoader workers included: SIGUSR1 (the
+    # requeue signal) would kill them (or run the trainer's handler in a forked copy), and the
+    # rank would die with "DataLoader worker ... exited unexpectedly" instead of checkpointing.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if seed_workers:  # what Lightning adds itself when a loader has no worker_init_fn
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id, rank=rank)
+
+
+class _DataModule(ElasticDataModule):
+    """The data module with a ``worker_init_fn`` that makes workers ignore SIGUSR1."""
+
+    def _wrap(self, loader):
+        if getattr(loader, "worker_init_fn", "n/a") is None:
+            rank = int(self.trainer.global_rank) if self.trainer is not None else 0
+            loader.worker_init_fn = functools.partial(_dataloader_worker_init, rank=rank,
+                                                      seed_workers=bool(int(os.environ.get("PL_SEED_WORKERS", 0))))
+        return loader
+
+    def train_dataloader(self):
+        return self._wrap(super().train_dataloader())
+
+    def val_dataloader(self):
+        return self._wrap(super().val_dataloader())
+
+    def test_dataloader(self):
+        return self._wrap(super().test_dataloader())
+
+    def predict_dataloader(self):
+        return self._wrap(super().predict_dataloader())
 
 
 def build_datamodule(cfg: Config) -> ElasticDataModule:
-    return ElasticDataModule(cfg.data.loader)
+    return _DataModule(cfg.data.loader)
 
 
 def build_module(cfg: Config, num_items: int) -> ElasticLightningModule:
@@ -64,7 +116,8 @@ def build_module(cfg: Config, num_items: int) -> ElasticLightningModule:
 def build_trainer(cfg: Config, directory: Path, *, stage: str, callbacks: Sequence = ()) -> L.Trainer:
     """``stage``: fit | evaluate | predict (fit adds checkpointing and early stopping)."""
     t, for_fit = cfg.trainer, stage == "fit"
-    csv_logger = CSVLogger(str(directory), name="csv", version=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_slurm_layout(t)  # before anything is written to the run directory
+    csv_logger = CSVLogger(str(directory), name="csv", version=f"{stage}-{datetime.now():%Y%m%d-%H%M%S-%f}")
     loggers, callbacks = [csv_logger], list(callbacks)
     wandb_logger = build_wandb_logger(cfg, directory)
     if wandb_logger is not None:
@@ -80,6 +133,7 @@ def build_trainer(cfg: Config, directory: Path, *, stage: str, callbacks: Sequen
                                              auto_insert_metric_name=False))
         if t.early_stopping_patience > 0:
             callbacks.append(EarlyStopping(monitor=BEST_METRIC, mode="max", patience=t.early_stopping_patience))
+        callbacks.extend(requeue_callbacks())  # SLURM: SIGUSR1 -> hpc checkpoint + requeue
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 5)))
     return L.Trainer(
@@ -87,6 +141,7 @@ def build_trainer(cfg: Config, directory: Path, *, stage: str, callbacks: Sequen
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=build_strategy(t),
+        plugins=slurm_plugins() or None,
         precision=t.precision,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
@@ -124,7 +179,8 @@ class FitResult:
 
 
 def fit(cfg: Config, callbacks: Sequence = ()) -> FitResult:
-    """Train (resuming if the run directory has a checkpoint), then test the best checkpoint."""
+    """Train (resuming if the run directory has a checkpoint), then test the best checkpoint.
+    Under SLURM, raises ``strategies.Requeued`` after a SIGUSR1 (checkpoint saved, job requeued)."""
     L.seed_everything(cfg.run.seed, workers=True)
     directory = run_dir(cfg)
     dm = build_datamodule(cfg)
@@ -142,14 +198,39 @@ def fit(cfg: Config, callbacks: Sequence = ()) -> FitResult:
         summary = finish_wandb(trainer.loggers)
     result = FitResult(str(directory), best, _metrics_of(trainer, "test/"), trainer, summary)
     if trainer.is_global_zero:
-        summary = {"run_dir": result.run_dir, "best_checkpoint": best, "test": result.test}
+        summary = {"run_dir": result.run_dir, "best_checkpoint": best, "test": result.test,
+                   "global_step": trainer.global_step, "world_size": trainer.world_size,
+                   "num_nodes": trainer.num_nodes, "strategy": type(trainer.strategy).__name__,
+                   "cluster_environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__}
         (directory / "test_metrics.json").write_text(json.dumps(summary, indent=2))
     return result
 
 
 def load_module(checkpoint: str) -> ElasticLightningModule:
-    """A trained module from a checkpoint, loaded with ``weights_only=True`` (no pickle)."""
+    """A trained module from a checkpoint, loaded with ``weights_only=True`` (no pickle). A sharded
+    checkpoint (a directory, from ``trainer.strategy=fsdp|fsdp2``) is consolidated in CPU memory."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        return _load_sharded(path)
     return ElasticLightningModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+
+
+def _load_sharded(path: Path) -> ElasticLightningModule:
+    if not is_sharded_checkpoint(path):
+        raise ValueError(f"{path} is a directory but not a complete sharded checkpoint (no meta.pt): an "
+                         "unfinished save, or not a checkpoint")
+    # Lightning's own consolidation (also `python -m lightning.fabric.utilities.consolidate_checkpoint
+    # DIR`): reads every shard with torch.distributed.checkpoint without a process group
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+    ckpt = _load_distributed_checkpoint(path)
+    state = ckpt.get("state_dict", ckpt.get("model"))  # ModelParallelStrategy | FSDPStrategy layout
+    if state is None or "hyper_parameters" not in ckpt:
+        raise ValueError(f"{path}: sharded checkpoint without model weights or hyper-parameters "
+                         f"(keys: {sorted(ckpt)})")
+    module = ElasticLightningModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(state)
+    return module
 
 
 def evaluate(cfg: Config, checkpoint: str, split: str = "test") -> dict:

@@ -36,8 +36,9 @@
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
 
-# Lightning logs/handles SIGUSR1 in the srun'd tasks (not in this shell): it saves
-# $RUN_DIR/hpc_ckpt_<n>.ckpt and runs `scontrol requeue $SLURM_JOB_ID`.
+# SIGUSR1 goes to the srun'd tasks (not this shell): before the next training step every rank
+# saves $RUN_DIR/hpc_ckpt_<n>.ckpt and rank 0 runs `scontrol requeue $SLURM_JOB_ID`
+# (elastic_pl/strategies.py RequeueOnSignal); the requeued job resumes from it.
 # Uncomment for NCCL diagnostics on a new cluster:
 # export NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET
 # export TORCH_NCCL_ASYNC_ERROR_HANDLING=1

@@ -183,18 +183,23 @@ class LocalSlurmCluster:
         missing = self.missing_binaries()
         if missing:
             raise SlurmClusterError(f"SLURM binaries not found: {missing} (apt-get install slurm-wlm)")
-        self._pick_ports()
+        try:
+            self._pick_ports()
+        except SlurmClusterError:
+            if self._own_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
         self.render_conf()
         env = self.env()
-        # slurmctld -c: fresh state; both daemonize and write their pid files.
-        self.run("slurmctld", "-c", "-f", str(self.conf), env=env)
-        for node in NODES:
-            self.run("slurmd", "-N", node, "-f", str(self.conf), env=env)
-        self.started = True
         try:
+            # slurmctld -c: fresh state; the daemons fork into the background and write pid files
+            self.run("slurmctld", "-c", "-f", str(self.conf), env=env)
+            for node in NODES:
+                self.run("slurmd", "-N", node, "-f", str(self.conf), env=env)
+            self.started = True
             self.wait_idle(timeout)
         except Exception:
-            self.stop()
+            self.stop()  # whatever did start; the temp dir (logs) stays for the error message
             raise
         return self
 
@@ -293,13 +298,15 @@ class LocalSlurmCluster:
         self.run("scancel", *args, str(job_id), check=False)
 
     def signal(self, job_id: str, sig: str = "USR1", batch: bool = False, full: bool = False) -> None:
-        """Send ``sig`` to a running job.
+        """Send ``sig`` to a running job (``scancel --signal=SIG``); semantics verified here:
 
-        Default (neither flag): to every task of every job step, i.e. the ``srun``-launched
-        processes, NOT the batch shell -- where Lightning's SLURM requeue handler listens, and
-        the same target as ``#SBATCH --signal=SIGUSR1@90``. ``batch=True``: only the batch shell
-        (``scancel --batch``; its children are not signalled; bash's default action for USR1
-        kills the job). ``full=True``: batch shell, its children and all steps."""
+        default (neither flag): every process of every job step, i.e. the ``srun``-launched tasks
+        AND their children (DataLoader workers too: proctrack signals the whole step), NOT the
+        batch shell. That is where Lightning's SLURM requeue handler listens, and the same target
+        as ``#SBATCH --signal=SIGUSR1@90``.
+        ``batch=True`` (``--batch``): only the batch shell, no step (a bash ``trap`` runs once the
+        foreground ``srun`` returns; without a trap, bash's default action for USR1 kills it).
+        ``full=True`` (``--full``): the batch shell, its children and every step."""
         args = [f"--signal={sig}"]
         if batch:
             args.append("--batch")
@@ -309,27 +316,34 @@ class LocalSlurmCluster:
 
     # ------------------------------------------------------------------- stop
     def _pids(self) -> list[int]:
+        """Daemon pids from our pid files, only if that pid is still one of our daemons (a pid
+        file can outlive its process and the pid be reused)."""
         pids = []
         for f in (self.root / "run").glob("*.pid"):
             try:
-                pids.append(int(f.read_text().strip()))
+                pid = int(f.read_text().strip())
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             except (OSError, ValueError):
-                pass
+                continue
+            if "slurm" in cmdline and str(self.conf) in cmdline:
+                pids.append(pid)
         return pids
 
     def stop(self, timeout: float = 15) -> None:
         if not self.conf.exists():
             return
         # Cancel whatever is left (slurmstepd and job processes outlive slurmd otherwise).
-        p = self.run("squeue", "-h", "-o", "%i", check=False, timeout=10)
-        jobs = p.stdout.split()
-        if jobs:
-            self.run("scancel", *jobs, check=False)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.run(
-                "squeue", "-h", "-o", "%i", check=False, timeout=10
-            ).stdout.strip():
-                time.sleep(0.5)
+        try:
+            jobs = self.run("squeue", "-h", "-o", "%i", check=False, timeout=10).stdout.split()
+            if jobs:
+                self.run("scancel", *jobs, check=False)
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline and self.run(
+                    "squeue", "-h", "-o", "%i", check=False, timeout=10
+                ).stdout.strip():
+                    time.sleep(0.5)
+        except subprocess.TimeoutExpired:  # no controller answering: just stop the daemons
+            pass
         pids = self._pids()
         for pid in pids:
             try:
@@ -346,6 +360,8 @@ class LocalSlurmCluster:
                 os.kill(pid, _signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for f in (self.root / "run").glob("*.pid"):
+            f.unlink(missing_ok=True)
         self.started = False
 
     def cleanup(self) -> None:

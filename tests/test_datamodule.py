@@ -12,7 +12,7 @@ from data_pipeline import sharding
 from data_pipeline.datamodule import ElasticDataModule, LoaderConfig
 from data_pipeline.manifest import ManifestError
 from data_pipeline.sharding import ShardReadError
-from shard_fixtures import random_sequences, read_manifest, write_manifest, write_shards
+from tests.shard_fixtures import random_sequences, read_manifest, write_manifest, write_shards
 
 STRIDE = 1000  # item = user * STRIDE + position + 1: every item tells its user and position
 
@@ -71,15 +71,27 @@ def test_train_batches_are_windows_of_the_training_part(coded):
     assert rows == 120
 
 
-def test_train_epochs_and_seeds(coded):
+def test_train_epochs_seeds_and_ranks(coded):
     data_dir, _ = coded
+    rank1 = torch.cat([b["items"].flatten() for b in make_dm(data_dir, steps_per_epoch=5, rank=1, world_size=2).train_dataloader()])
     loader = make_dm(data_dir, steps_per_epoch=5).train_dataloader()
     first, second = [torch.cat([b["items"].flatten() for b in loader]) for _ in range(2)]
     assert not torch.equal(first, second)  # a new epoch draws new shards/windows
+    assert not torch.equal(first, rank1)  # each rank its own stream
+    resumed = make_dm(data_dir, steps_per_epoch=5).train_dataset()
+    resumed.set_epoch(1)  # what a run resumed at epoch 1 draws
+    assert torch.equal(second, torch.cat([b["items"].flatten() for b in resumed]))
     again = torch.cat([b["items"].flatten() for b in make_dm(data_dir, steps_per_epoch=5).train_dataloader()])
     assert torch.equal(first, again)  # deterministic by seed
     other = torch.cat([b["items"].flatten() for b in make_dm(data_dir, steps_per_epoch=5, seed=1).train_dataloader()])
     assert not torch.equal(first, other)
+
+
+def test_persistent_workers_advance_the_epoch(coded):
+    data_dir, _ = coded
+    loader = make_dm(data_dir, steps_per_epoch=3, num_workers=1, persistent_workers=True).train_dataloader()
+    first, second = [torch.cat([b["items"].flatten() for b in loader]) for _ in range(2)]
+    assert not torch.equal(first, second)
 
 
 def test_default_steps_per_epoch(coded):
@@ -146,7 +158,8 @@ def test_worker_start_methods_split_exactly(tmp_path, contexts):
         batches = consume(dm.val_dataloader())
         lengths.append(len(batches))
         users += [u for b in batches for u in b["user"][b["valid"]].tolist()]
-        assert len(consume(dm.train_dataloader())) == 3
+        if context == "fork":  # spawn/forkserver train workers: see the DDP test (fewer slow starts)
+            assert len(consume(dm.train_dataloader())) == 3
     assert lengths[0] == lengths[1]
     assert sorted(users) == list(range(30))  # no duplicates, nothing dropped
 

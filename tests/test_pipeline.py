@@ -146,3 +146,28 @@ def test_ddp_evaluation_equals_single_process(trained, tmp_path):
     assert outs[2]["test/count"] == outs[1]["test/count"] == 120
     for k, v in outs[1].items():
         assert outs[2][k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_popularity_baseline_counts_training_items_only(tmp_path):
+    import numpy as np
+
+    from elastic_pl.popularity import evaluate_popularity, training_item_counts
+    from data_pipeline.datamodule import ElasticDataModule, LoaderConfig
+    from tests.shard_fixtures import random_sequences, write_shards
+
+    seqs = random_sequences(40, 30, min_len=3, max_len=12, seed=3)
+    write_shards(str(tmp_path / "shards"), seqs, num_shards=3, num_items=30)
+    dm = ElasticDataModule(LoaderConfig(data_dir=str(tmp_path / "shards"), num_workers=0))
+    expected = np.bincount(np.concatenate([s[:-2] for s in seqs]), minlength=31)
+    assert np.array_equal(training_item_counts(dm), expected)
+    cfg = load_config(None, [f"data.loader.data_dir={tmp_path}/shards", "data.loader.num_workers=0"])
+    metrics = evaluate_popularity(cfg)
+    assert metrics["test/count"] == 40
+    # the brute-force rank of each test target among unseen items, pessimistic ties
+    ranks = []
+    for s in seqs:
+        target, seen = s[-1], set(s[:-1]) - {s[-1]}
+        better = [j for j in range(1, 31) if j != target and j not in seen and expected[j] >= expected[target]]
+        ranks.append(1 + len(better))
+    assert metrics["test/hr@10"] == pytest.approx(np.mean(np.array(ranks) <= 10))
+    assert metrics["test/mrr"] == pytest.approx(np.mean(1.0 / np.array(ranks)))

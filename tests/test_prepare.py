@@ -121,7 +121,7 @@ def test_k_core_matches_reference(synth, tmp_path):
 
 def test_deterministic_across_workers_and_bucket_order(synth, tmp_path):
     a = prepare(synth, cfg(tmp_path / "a", workers=1))
-    c = cfg(tmp_path / "b", workers=2)
+    c = cfg(tmp_path / "b", workers=2, stage_workers=3)  # staged in 3 row-group slices
     plan(synth, c)
     for b in reversed(range(c.num_buckets)):
         prepare_bucket(synth, c, b)
@@ -151,7 +151,7 @@ def test_resume_after_partial_run_is_byte_identical(synth, tmp_path):
 
 def test_killed_subprocess_resumes(tmp_path):
     log = str(tmp_path / "big.parquet")
-    generate(SyntheticConfig(num_users=8000, num_items=20_000, mean_length=150, seed=9), log)
+    generate(SyntheticConfig(num_users=5000, num_items=20_000, mean_length=100, seed=9), log)
     src = SourceConfig(path=log)
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "data_pipeline.prepare", f"source.path={log}", f"prepare.output_dir={out}",
@@ -167,7 +167,7 @@ def test_killed_subprocess_resumes(tmp_path):
     finished = sorted(p.name for p in done.glob("*.done.json"))
     assert 2 <= len(finished) < 12 and not (out / "manifest.json").exists(), finished
     m = prepare(src, cfg(out, num_buckets=12, users_per_block=64, shard_max_events=50000))
-    ref = prepare(src, cfg(tmp_path / "ref", num_buckets=12, users_per_block=64, shard_max_events=50000, workers=2))
+    ref = prepare(src, cfg(tmp_path / "ref", num_buckets=12, users_per_block=64, shard_max_events=50000))
     assert m["shards"] == ref["shards"]
     assert shard_bytes(str(out), m) == shard_bytes(str(tmp_path / "ref"), ref)
 
@@ -206,3 +206,22 @@ def test_empty_and_filtered_out_inputs(tmp_path):
         PrepareConfig(num_buckets=0)
     with pytest.raises(ValueError, match="prepare.memory_limit"):
         PrepareConfig(memory_limit="lots")
+
+
+def test_sort_and_item_lookup_helpers():
+    import pyarrow as pa
+    from data_pipeline._bucket import dense_items, stable_argsort, user_order
+    rng = np.random.default_rng(0)
+    key = rng.integers(0, 50, 5000)
+    assert np.array_equal(stable_argsort(key), np.argsort(key, kind="stable"))
+    users, ts = rng.integers(-3, 40, 3000), rng.integers(0, 20, 3000)
+    ref = np.lexsort((np.arange(3000), ts, users))
+    for big in (False, True):  # packed-key path and lexsort fallback (ids too wide to pack)
+        u = users * (1 << 40) if big else users
+        order, uniq, lengths = user_order(pa.chunked_array([u]), ts)
+        assert np.array_equal(order, ref) and uniq.to_pylist() == np.unique(u).tolist()
+        assert lengths.tolist() == np.unique(u, return_counts=True)[1].tolist()
+    for orig in ([5, 3, 9, 1], [5 << 40, 3, 9 << 50, 1]):  # lookup table and binary search
+        got = dense_items(pa.chunked_array([[orig[2], orig[3], 7, orig[0]]]), pa.array(orig))
+        assert got.tolist() == [3, 4, 0, 1]
+    assert dense_items(pa.chunked_array([["b", "z", "a"]]), pa.array(["a", "b"])).tolist() == [2, 0, 1]

@@ -83,35 +83,33 @@ def _write(tmp_path, name: str, text: str, gz: bool = False) -> str:
     return path
 
 
-BAD = [  # (file name, content, format, bad line number)
-    ("r.csv", "userId,movieId,rating,timestamp\n1,2,3.0,10\n1,x,4.0,11\n2,3,1.0,12\n", "csv", 3),
-    ("r.csv", "userId,movieId,rating,timestamp\n1,2,3.0,10\n\n1,3,4.0\n2,3,1.0,12\n", "csv", 4),
-    ("ratings.dat", "1::2::3::10\n1::3::4::11\n1::4::5\n", "movielens_dat", 3),
-    ("ratings.dat.gz", "1::2::3::10\n1::3::4::1x1\n", "movielens_dat", 2),
-    ("pairs.txt", "1 2\n1 3\n1 3 4\n", "sasrec_pairs", 3),
-    ("pairs.txt", "1 2\n1 3\n2 -\n", "sasrec_pairs", 3),
-    ("lines.txt", "1 2 3\n2 4 5 x\n3 1\n", "sasrec_lines", 2),
-    ("lines.txt", "1 2 3\n2\n3 1\n", "sasrec_lines", 2),
-    ("x.inter", "user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3.5\n1\t2\n", "recbole_inter", 3),
+BAD = [  # (file name, content, format, bad line number, events kept in skip mode)
+    ("r.csv", "userId,movieId,rating,timestamp\n1,2,3.0,10\n1,x,4.0,11\n2,3,1.0,12\n", "csv", 3, 2),
+    ("r.csv", "userId,movieId,rating,timestamp\n1,2,3.0,10\n\n1,3,4.0\n2,3,1.0,12\n", "csv", 4, 2),
+    ("ratings.dat", "1::2::3::10\n1::3::4::11\n1::4::5\n", "movielens_dat", 3, 2),
+    ("ratings.dat.gz", "1::2::3::10\n1::3::4::1x1\n", "movielens_dat", 2, 1),
+    ("pairs.txt", "1 2\n1 3\n1 3 4\n", "sasrec_pairs", 3, 2),
+    ("pairs.txt", "1 2\n1 3\n2 -\n", "sasrec_pairs", 3, 2),
+    ("lines.txt", "1 2 3\n2 4 5 x\n3 1\n", "sasrec_lines", 2, 3),
+    ("lines.txt", "1 2 3\n2\n3 1\n", "sasrec_lines", 2, 3),
+    ("x.inter", "user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3.5\n1\t2\n", "recbole_inter", 3, 1),
 ]
+IDS = [f"{b[2]}-{i}" for i, b in enumerate(BAD)]
 
 
-@pytest.mark.parametrize("name,text,fmt,line", BAD, ids=[f"{b[2]}-{i}" for i, b in enumerate(BAD)])
-def test_malformed_line_error_names_file_and_line(tmp_path, name, text, fmt, line):
+@pytest.mark.parametrize("name,text,fmt,line,kept", BAD, ids=IDS)
+def test_malformed_line_error_names_file_and_line(tmp_path, name, text, fmt, line, kept):
     path = _write(tmp_path, name, text, gz=name.endswith(".gz"))
     with pytest.raises(ValueError, match=rf"{name}:{line}: "):
         read_events(SourceConfig(path=path, format=fmt))
 
 
-@pytest.mark.parametrize("name,text,fmt,line", BAD, ids=[f"{b[2]}-{i}" for i, b in enumerate(BAD)])
-def test_skip_mode_drops_and_counts(tmp_path, name, text, fmt, line):
+@pytest.mark.parametrize("name,text,fmt,line,kept", BAD, ids=IDS)
+def test_skip_mode_drops_and_counts(tmp_path, name, text, fmt, line, kept):
     path = _write(tmp_path, name, text, gz=name.endswith(".gz"))
-    good, _ = read_events(SourceConfig(path=path, format=fmt, on_bad_line="skip"))
-    assert _.bad_lines == 1 and _.bad_by_file == {path: 1}
-    data_lines = [l for l in text.splitlines()[(1 if fmt in ("csv", "recbole_inter") else 0):] if l.strip()]
-    expect = sum(len(l.split()) - 1 for l in data_lines) - (len(data_lines[line - 1 - (fmt in ("csv", "recbole_inter"))].split()) - 1) \
-        if fmt == "sasrec_lines" else len(data_lines) - 1
-    assert good.num_rows == expect
+    good, stats = read_events(SourceConfig(path=path, format=fmt, on_bad_line="skip"))
+    assert stats.bad_lines == 1 and stats.bad_by_file == {path: 1}
+    assert good.num_rows == kept
 
 
 def test_empty_inputs_raise(tmp_path):
@@ -164,3 +162,39 @@ def test_headerless_tsv_by_position_and_bad_config(tmp_path):
         SourceConfig(path=path, format="xml")
     with pytest.raises(ValueError, match="source.on_bad_line"):
         SourceConfig(path=path, on_bad_line="ignore")
+
+
+def _mirror(tmp_path, member="ml-1m/ratings.dat", body="1::10::5::100\n1::11::4::100\n2::10::3::50\n"):
+    import hashlib
+    import zipfile
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with zipfile.ZipFile(mirror / "ml-1m.zip", "w") as z:
+        z.writestr(member, body)
+    digest = hashlib.md5((mirror / "ml-1m.zip").read_bytes()).hexdigest()
+    (mirror / "ml-1m.zip.md5").write_text(f"MD5 (ml-1m.zip) = {digest}\n")
+    return mirror
+
+
+def test_download_from_local_mirror_then_read(tmp_path):
+    from data_pipeline.download import dataset_url, main
+    assert dataset_url("ml-20m") == "https://files.grouplens.org/datasets/movielens/ml-20m.zip"
+    with pytest.raises(ValueError, match="unknown dataset"):
+        dataset_url("ml-7m")
+    with pytest.raises(SystemExit):
+        main(["ml-7m", "--dest", str(tmp_path)])
+    mirror = _mirror(tmp_path)
+    main(["ml-1m", "--dest", str(tmp_path / "raw"), "--base-url", mirror.as_uri()])
+    t, _ = read_events(SourceConfig(path=str(tmp_path / "raw" / "ml-1m" / "ratings.dat")))
+    assert t.to_pydict()["ts"] == [100, 100, 50]
+
+
+def test_download_rejects_bad_md5_and_escaping_members(tmp_path):
+    from data_pipeline.download import download
+    mirror = _mirror(tmp_path)
+    with pytest.raises(ValueError, match="md5"):
+        download("ml-1m", str(tmp_path / "a"), mirror.as_uri(), md5="0" * 32, progress=False)
+    assert not (tmp_path / "a" / "ml-1m.zip").exists()
+    evil = _mirror(tmp_path / "e", member="../../evil.dat") if (tmp_path / "e").mkdir() is None else None
+    with pytest.raises(ValueError, match="outside"):
+        download("ml-1m", str(tmp_path / "b"), evil.as_uri(), progress=False)
