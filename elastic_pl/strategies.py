@@ -98,22 +98,23 @@ def next_hpc_checkpoint(directory) -> str:
 
 class RequeueOnSignal(L.Callback):
     """Preemption-safe requeue. SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``, ``scancel --signal=USR1``)
-    only sets a flag. Before each training step (every ``check_every_n_steps`` optimizer steps) all
+    only sets a flag. After each training step (every ``check_every_n_steps`` optimizer steps) all
     ranks OR their flags (one tiny all-reduce); if any rank was signalled, every rank saves
-    ``run.dir/hpc_ckpt_<n>.ckpt`` at that same step, global rank 0 runs ``scontrol requeue``, and fit ends with :class:`Requeued`
-    (no step runs after the checkpoint). The requeued job resumes from it (train.latest_checkpoint).
-    A signal that arrives during validation is acted on at the next training step."""
+    ``run.dir/hpc_ckpt_<n>.ckpt`` at that same step; before the next step global rank 0 runs
+    ``scontrol requeue`` and fit ends with :class:`Requeued` (no step runs after the checkpoint).
+    The requeued job resumes from it (train.latest_checkpoint). A signal that arrives during
+    validation is acted on after the next training step."""
 
     def __init__(self, signum: int = signal.SIGUSR1, check_every_n_steps: int = 1):
         self.signum, self.every = signum, max(1, check_every_n_steps)
-        self.signalled, self._previous = False, None
+        self.signalled, self._previous, self._saved = False, None, None
 
     def _handler(self, signum, frame) -> None:
         self.signalled = True  # nothing else here: the save needs every rank at the same point
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit" and threading.current_thread() is threading.main_thread():
-            self.signalled = False
+            self.signalled, self._saved = False, None
             self._previous = signal.signal(self.signum, self._handler)
 
     def _restore(self) -> None:
@@ -127,9 +128,10 @@ class RequeueOnSignal(L.Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore()
 
-    def on_train_batch_start(self, trainer, *args) -> None:
-        # before a step, not after one: the previous step's metrics have been logged by now
-        if trainer.global_step % self.every:
+    def on_train_batch_end(self, trainer, *args) -> None:
+        # save here, where Lightning's own checkpoints are taken: its restore logic assumes this point
+        # (a checkpoint from on_train_batch_start resumes with the logging step off by one)
+        if self._saved is not None or trainer.global_step % self.every:
             return
         if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
             return
@@ -138,6 +140,13 @@ class RequeueOnSignal(L.Callback):
                                           else None)
         rank_zero_info(f"requeue signal received: saving {path} at global step {trainer.global_step}")
         trainer.save_checkpoint(path)  # every rank, here: its collectives line up
+        self._saved = (path, trainer.global_step)
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        # requeue and stop before the next step, once the last step's metrics have been logged
+        if self._saved is None:
+            return
+        path, step = self._saved
         job = os.environ.get("SLURM_JOB_ID", "")
         if os.environ.get("SLURM_ARRAY_JOB_ID"):
             job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
@@ -148,4 +157,4 @@ class RequeueOnSignal(L.Callback):
             else:
                 rank_zero_warn(f"`scontrol requeue {job}` failed (exit code {rc}): resubmit the job; it "
                                f"resumes from {path}")
-        raise Requeued(f"saved {path} at global step {trainer.global_step}; SLURM job {job} requeued")
+        raise Requeued(f"saved {path} at global step {step}; SLURM job {job} requeued")

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-import functools
 import json
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -68,42 +66,8 @@ def latest_checkpoint(directory: Path) -> Optional[Path]:
     return max(candidates, key=_checkpoint_mtime) if candidates else None
 
 
-def _dataloader_worker_init(worker_id: int, rank: int, seed_workers: bool) -> None:
-    # SLURM signals every process of a job step, DataLoader workers included: SIGUSR1 (the
-    # requeue signal) would kill them (or run the trainer's handler in a forked copy), and the
-    # rank would die with "DataLoader worker ... exited unexpectedly" instead of checkpointing.
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    if seed_workers:  # what Lightning adds itself when a loader has no worker_init_fn
-        from lightning.fabric.utilities.seed import pl_worker_init_function
-
-        pl_worker_init_function(worker_id, rank=rank)
-
-
-class _DataModule(ElasticDataModule):
-    """The data module with a ``worker_init_fn`` that makes workers ignore SIGUSR1."""
-
-    def _wrap(self, loader):
-        if getattr(loader, "worker_init_fn", "n/a") is None:
-            rank = int(self.trainer.global_rank) if self.trainer is not None else 0
-            loader.worker_init_fn = functools.partial(_dataloader_worker_init, rank=rank,
-                                                      seed_workers=bool(int(os.environ.get("PL_SEED_WORKERS", 0))))
-        return loader
-
-    def train_dataloader(self):
-        return self._wrap(super().train_dataloader())
-
-    def val_dataloader(self):
-        return self._wrap(super().val_dataloader())
-
-    def test_dataloader(self):
-        return self._wrap(super().test_dataloader())
-
-    def predict_dataloader(self):
-        return self._wrap(super().predict_dataloader())
-
-
 def build_datamodule(cfg: Config) -> ElasticDataModule:
-    return _DataModule(cfg.data.loader)
+    return ElasticDataModule(cfg.data.loader)  # its loaders' workers ignore SIGUSR1 (SLURM)
 
 
 def build_module(cfg: Config, num_items: int) -> ElasticLightningModule:

@@ -111,7 +111,12 @@ def test_resume_after_interruption_continues_step_and_wandb_run(trained):
     assert recorder.first_step == 4  # resumed from the step-4 checkpoint, not from 0
     assert result.trainer.global_step == 8
     assert (run / "wandb_run_id.txt").read_text() == run_id
-    assert len(list((run / "wandb").glob(f"offline-run-*-{run_id.strip()}"))) == 2
+    from lightning.pytorch.loggers import WandbLogger
+
+    resumed = next(lg for lg in result.trainer.loggers if isinstance(lg, WandbLogger))
+    assert resumed.version == run_id.strip()  # the resumed launch logged to the same W&B run
+    # (two launches within one second share one offline-run-<second>-<id> directory)
+    assert list((run / "wandb").glob(f"offline-run-*-{run_id.strip()}"))
 
 
 @pytest.mark.parametrize("override,key", [("model.d_modell=3", "model.d_modell"),

@@ -184,18 +184,17 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm_cluster, tiny, tmp_path)
     in the stable run dir and rank 0 runs `scontrol requeue` (strategies.RequeueOnSignal); the same
     job id restarts (SLURM_RESTART_COUNT=1) and fit resumes there: the global step continues, no
     step runs twice, same W&B run."""
-    steps_per_epoch, max_steps = 10, 40
+    steps_per_epoch, max_steps = STEPS_PER_EPOCH, 16
     run_dir = tmp_path / "run"
     job, log = _submit_train(slurm_cluster, tiny, run_dir, 2, 2,
                              [f"trainer.max_steps={max_steps}", f"data.loader.steps_per_epoch={steps_per_epoch}",
                               "trainer.max_epochs=100",
-                              # num_workers=0: with a DataLoader worker per rank, 4-rank DDP hangs on
-                              # its own (no SLURM, no signal) after some steps: one rank starts a step
-                              # while the others are in backward (data pipeline issue, reported).
-                              # SLURM also signals the workers; train.py's worker_init_fn ignores it.
+                              # num_workers=0 and short: 4-rank DDP here can hang on its own (no SLURM,
+                              # no signal) after ~15 steps: one rank starts a step while the others wait
+                              # in backward's all-reduce (open issue, see slurm/README.md Known gaps)
                               "data.loader.num_workers=0"])
-    # signal mid-training: once the first epoch's validation wrote checkpoints/last.ckpt (step 10);
-    # the hpc checkpoint then is the newest one and the epoch ends at step 20
+    # signal mid-training: once the first epoch's validation wrote checkpoints/last.ckpt (step 4);
+    # the hpc checkpoint, saved before the next step, is then the newest one
     deadline = time.monotonic() + JOB_TIMEOUT
     while not (run_dir / "checkpoints" / "last.ckpt").is_file():
         if time.monotonic() > deadline or slurm_cluster.job_info(job).get("JobState") not in ("PENDING", "RUNNING"):
@@ -227,10 +226,16 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm_cluster, tiny, tmp_path)
     hpc = run_dir / "hpc_ckpt_1.ckpt"
     assert hpc.is_file(), sorted(p.name for p in run_dir.iterdir())
     k = torch.load(hpc, map_location="cpu", weights_only=False)["global_step"]
-    assert steps_per_epoch < k < max_steps, k
+    assert steps_per_epoch <= k < max_steps, k
     assert f"requeue signal received: saving {hpc} at global step {k}" in text, text[-3000:]
     assert f"requeued SLURM job {job}" in text
-    assert f"Restoring states from the checkpoint path at {hpc}" in text, text[-3000:]
+    # the requeued run restored the hpc checkpoint -- or, when step k ended an epoch, the last.ckpt that
+    # the epoch's validation wrote after it, at the same step
+    restored = re.search(r"Restoring states from the checkpoint path at (\S+)", text.split(f"restart=1")[1])
+    assert restored, text[-3000:]
+    restored = Path(restored.group(1))
+    assert restored == hpc or (restored == run_dir / "checkpoints" / "last.ckpt" and k % steps_per_epoch == 0), restored
+    assert torch.load(restored, map_location="cpu", weights_only=False)["global_step"] == k
 
     # CSV logs of the two launches: the first ran steps 0..k-1 and stopped at its checkpoint, the
     # second starts at step k and runs to the end: every step exactly once
