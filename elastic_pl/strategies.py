@@ -151,6 +151,11 @@ class RequeueOnSignal(L.Callback):
         if os.environ.get("SLURM_ARRAY_JOB_ID"):
             job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
         if trainer.is_global_zero:
+            # close the W&B run first: SLURM kills this job as soon as it is requeued, and a W&B
+            # process left holding the run id makes the restarted job fail with "run ID is in use"
+            from .tracking import finish_wandb
+
+            finish_wandb(trainer.loggers)
             rc = subprocess.call(["scontrol", "requeue", job])
             if rc == 0:
                 rank_zero_info(f"requeued SLURM job {job}")
