@@ -244,3 +244,16 @@ def test_step_refused_for_sasrec():
     model = SequentialRecommender(model_cfg(encoder="sasrec"))
     with pytest.raises(ValueError, match="encoder"):
         model.init_state(1)
+
+
+@pytest.mark.parametrize("encoder", ["elastic", "sasrec", "naive"])
+@pytest.mark.parametrize("length", [1, 4, 8, 9, 20])
+def test_every_parameter_gets_a_gradient_whatever_the_length(encoder, length):
+    """DDP (find_unused_parameters=False) hangs when a parameter has no gradient on one rank: a
+    batch short enough to have no dispatch history (<= 2 chunks) must still reach every one."""
+    torch.manual_seed(10)
+    model = SequentialRecommender(model_cfg(encoder=encoder, chunk_size=4))
+    items = torch.randint(1, 41, (2, length + 1))
+    model.loss(model(items[:, :-1]), items[:, 1:]).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing

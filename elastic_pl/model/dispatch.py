@@ -34,11 +34,15 @@ def combine(a, b):
 
 
 def _shift(x: torch.Tensor, by: int, fill: float, dim: int = 1) -> torch.Tensor:
-    """x shifted by ``by`` along ``dim`` (towards later chunks), the front filled with ``fill``."""
-    if by >= x.shape[dim]:
-        return torch.full_like(x, fill)
-    front = torch.full_like(x.narrow(dim, 0, by), fill)
-    return torch.cat([front, x.narrow(dim, 0, x.shape[dim] - by)], dim=dim)
+    """x shifted by ``by`` along ``dim`` (towards later chunks), the front filled with ``fill``.
+
+    The result stays connected to ``x`` in the autograd graph even when everything is shifted
+    out (an empty slice): a batch of at most two chunks then gives the expert queries a zero
+    gradient instead of none, which DDP needs (a parameter without a gradient on one rank leaves
+    the other ranks waiting in the gradient all-reduce forever)."""
+    n = x.shape[dim]
+    front = torch.full_like(x.narrow(dim, 0, min(by, n)), fill)
+    return torch.cat([front, x.narrow(dim, 0, max(n - by, 0))], dim=dim)
 
 
 def prefix_scan(m, z, u):
