@@ -189,10 +189,7 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm_cluster, tiny, tmp_path)
     job, log = _submit_train(slurm_cluster, tiny, run_dir, 2, 2,
                              [f"trainer.max_steps={max_steps}", f"data.loader.steps_per_epoch={steps_per_epoch}",
                               "trainer.max_epochs=100",
-                              # num_workers=0 and short: 4-rank DDP here can hang on its own (no SLURM,
-                              # no signal) after ~15 steps: one rank starts a step while the others wait
-                              # in backward's all-reduce (open issue, see slurm/README.md Known gaps)
-                              "data.loader.num_workers=0"])
+                              "data.loader.num_workers=1"])  # workers ignore SIGUSR1 (datamodule)
     # signal mid-training: once the first epoch's validation wrote checkpoints/last.ckpt (step 4);
     # the hpc checkpoint, saved before the next step, is then the newest one
     deadline = time.monotonic() + JOB_TIMEOUT
