@@ -18,7 +18,7 @@ $(BIN)/elastic-pl: pyproject.toml
 setup: $(BIN)/elastic-pl
 
 demo: setup
-	WANDB_MODE=offline $(BIN)/elastic-pl demo
+	WANDB_MODE=offline $(BIN)/elastic-pl demo --config configs/default.yaml
 
 test: setup
 	$(BIN)/pytest -q
