@@ -40,7 +40,7 @@ def write_synthetic(data_dir: str, events: int, mean_len: int, block_users: int,
         lengths += np.maximum(rng.lognormal(np.log(mean_len) - 0.125, 0.5, 10_000).astype(np.int64), 4).tolist()
     lengths = np.array(lengths)[: np.searchsorted(np.cumsum(lengths), events) + 1]
     bounds = np.linspace(0, len(lengths), num_shards + 1).astype(int)
-    shards, user = [], 0
+    shards = []
     for k in range(num_shards):
         name, n_events = f"seq-{k:06d}.tar", 0
         with wds.TarWriter(os.path.join(data_dir, name)) as sink:

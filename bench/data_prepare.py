@@ -101,7 +101,7 @@ def main() -> None:
     sampler.start()
     load0, cpu0 = os.getloadavg()[0], _cpu_s()
     t0 = time.perf_counter()
-    p = P.plan(src, cfg)
+    P.plan(src, cfg)
     t1 = time.perf_counter()
     run_tasks(P.prepare_bucket, [(src, cfg, b) for b in P.bucket_ids(cfg)], cfg.workers, "buckets", cfg.progress)
     t2 = time.perf_counter()

@@ -71,8 +71,8 @@ def build_datamodule(cfg: Config) -> ElasticDataModule:
 
 
 def build_module(cfg: Config, num_items: int) -> ElasticLightningModule:
-    model_cfg = dataclasses.replace(cfg.model, num_items=num_items,
-                                    max_positions=max(cfg.model.max_positions, 1))
+    """The module for this data: ``model.num_items`` comes from the manifest, not the config."""
+    model_cfg = dataclasses.replace(cfg.model, num_items=num_items)
     resolved = dataclasses.replace(cfg, model=model_cfg)
     return ElasticLightningModule.from_configs(model_cfg, cfg.optim, cfg.eval, to_dict(resolved))
 
