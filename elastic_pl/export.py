@@ -9,9 +9,9 @@
     server needs no Python model code: ``scores = query(hidden) @ items.T`` where ``query``
     L2-normalises iff ``l2_normalize``; item 0 is padding and never ranked.
 
-Two export-only details, both handled by thin wrappers here (the model is unchanged):
-  * compaction uses ``argsort(stable=True)``, which the ONNX exporter rejects; sorting the unique
-    key ``is_pad * N + position`` with a plain argsort gives the same order;
+Two export details:
+  * compaction (``model/padding.py``) sorts a unique key with a plain argsort, since the ONNX
+    exporter rejects ``argsort(stable=True)``;
   * LDA's prefix scan runs ceil(log2(#chunks)) steps, a Python loop over a shape that tracing
     (and torch.export guards) freeze at the example's length. ELASTIC's ``encode_last`` therefore
     takes the last ``window`` columns, left-padding shorter inputs, so the graph has one
@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import SequentialRecommender
-from .model.padding import gather_rows
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -43,7 +42,7 @@ ONNX_OPSET = 18
 
 
 class EncodeLast(nn.Module):
-    """``model.encode_last`` with an export-friendly compaction and an optional fixed window."""
+    """``model.encode_last`` with an optional fixed window (see the module docstring)."""
 
     def __init__(self, model: SequentialRecommender, window: int | None):
         super().__init__()
@@ -52,13 +51,7 @@ class EncodeLast(nn.Module):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         if self.window is not None:  # last `window` columns, left-padded: one internal length
             items = F.pad(items, (self.window, 0))[:, -self.window:]
-        B, N = items.shape
-        real = items != 0
-        key = (~real).long() * N + torch.arange(N, device=items.device)  # unique: stable order
-        order = torch.argsort(key, dim=1)
-        hidden = self.model.encoder(self.model.embedding(gather_rows(items, order)))
-        last = (real.sum(1) - 1).clamp_min(0).view(B, 1, 1).expand(B, 1, hidden.shape[-1])
-        return hidden.gather(1, last).squeeze(1)
+        return self.model(items, last_only=True)
 
 
 class Step(nn.Module):

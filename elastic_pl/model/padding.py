@@ -12,8 +12,12 @@ import torch
 
 def compaction_order(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For a bool mask [B, N]: (order, inverse) with ``x.gather(1, order)`` real-first and
-    ``y.gather(1, inverse)`` undoing it. The sort is stable, so real items keep their order."""
-    order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
+    ``y.gather(1, inverse)`` undoing it. Real items keep their order: the sort key
+    ``is_pad * N + position`` is unique, so a plain argsort is stable (and exports to ONNX, whose
+    exporter rejects ``argsort(stable=True)``)."""
+    n = real.shape[1]
+    key = (~real).long() * n + torch.arange(n, device=real.device)
+    order = torch.argsort(key, dim=1)
     inverse = torch.argsort(order, dim=1)
     return order, inverse
 
