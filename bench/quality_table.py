@@ -1,10 +1,11 @@
 """Collect test metrics of finished runs into the markdown table of BENCHMARKS.md.
 
-    python -m bench.quality_table --runs runs --run-id q1 --popularity bench/out
+    python -m bench.quality_table --runs runs --run-id ce1 q1 --popularity bench/out
 
-For each dataset it reads ``runs/<dataset>-<encoder>/<run_id>/test_metrics.json`` (written by
-``elastic-pl train``), the epochs and wall time from the run's CSV logs, and
-``<popularity dir>/pop-<dataset>.json`` (``elastic-pl evaluate --baseline popularity --out ...``).
+For each dataset and run id it reads ``runs/<dataset>-<encoder>/<run_id>/test_metrics.json``
+(written by ``elastic-pl train``), the loss from the run's saved ``config.yaml``, the epochs and
+the training seconds per epoch (``train/epoch_time_s``, validation excluded) from its CSV logs,
+and ``<popularity dir>/pop-<dataset>.json`` (``elastic-pl evaluate --baseline popularity --out``).
 """
 from __future__ import annotations
 
@@ -13,41 +14,60 @@ import csv
 import json
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 DATASETS = ["ml-1m", "ml-100k", "ml-latest-small", "lastfm", "wikipedia", "amazon-beauty", "amazon-sports"]
 
 
-def _training(run: Path) -> str:
-    """'E epochs (best E*)' from the run's CSV logs (all launches)."""
+def _training(run: Path) -> tuple[str, str]:
+    """('E (best E*)', mean training seconds per epoch or '-') from the run's CSV logs (all launches)."""
     rows = []
     for f in sorted(run.glob("csv/fit-*/metrics.csv")):
-        rows += [r for r in csv.DictReader(open(f)) if r.get("val/ndcg@10")]
-    if not rows:
-        return "?"
-    best = max(rows, key=lambda r: float(r["val/ndcg@10"]))
-    return f"{int(rows[-1]['epoch']) + 1} (best {int(best['epoch']) + 1})"
+        rows += list(csv.DictReader(open(f)))
+    val = [r for r in rows if r.get("val/ndcg@10")]
+    times = [float(r["train/epoch_time_s"]) for r in rows if r.get("train/epoch_time_s")]
+    per_epoch = f"{sum(times) / len(times):.0f}" if times else "-"
+    if not val:
+        return "?", per_epoch
+    best = max(val, key=lambda r: float(r["val/ndcg@10"]))
+    return f"{int(val[-1]['epoch']) + 1} (best {int(best['epoch']) + 1})", per_epoch
+
+
+def _loss(run: Path) -> str:
+    """The loss as the run's resolved config names it, e.g. 'sampled softmax, 512 uniform negatives'."""
+    m = OmegaConf.load(run / "config.yaml").model
+    if m.loss == "full_softmax":
+        return "full softmax CE"
+    if m.loss == "bce":
+        return "BCE, 1 negative"
+    if m.negatives == "in_batch":
+        return "sampled softmax, in-batch negatives + logQ"
+    return f"sampled softmax, {m.num_negatives} uniform negatives"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="runs")
-    ap.add_argument("--run-id", default="q1")
+    ap.add_argument("--run-id", nargs="+", default=["q1"], help="one row per run id found")
     ap.add_argument("--popularity", default="bench/out")
     a = ap.parse_args()
-    print("| data | model (loss) | test NDCG@10 | test HR@10 | epochs (best val) | users |")
-    print("|---|---|---|---|---|---|")
+    print("| data | model (loss) | test NDCG@10 | test HR@10 | epochs (best val) | s/epoch | users |")
+    print("|---|---|---|---|---|---|---|")
     for d in DATASETS:
         pop = Path(a.popularity) / f"pop-{d}.json"
         if pop.is_file():
             m = json.loads(pop.read_text())
-            print(f"| {d} | popularity | {m['test/ndcg@10']:.4f} | {m['test/hr@10']:.4f} | - | {int(m['test/count'])} |")
-        for enc, name in (("elastic", "ELASTIC"), ("sasrec", "SASRec")):
-            run = Path(a.runs) / f"{d}-{enc}" / a.run_id
-            f = run / "test_metrics.json"
-            if not f.is_file():
-                continue
-            m = json.loads(f.read_text())["test"]
-            print(f"| {d} | {name} (sampled softmax, 512 uniform negatives) | {m['test/ndcg@10']:.4f} | "
-                  f"{m['test/hr@10']:.4f} | {_training(run)} | {int(m['test/count'])} |")
+            print(f"| {d} | popularity | {m['test/ndcg@10']:.4f} | {m['test/hr@10']:.4f} | - | - | {int(m['test/count'])} |")
+        for run_id in a.run_id:
+            for enc, name in (("elastic", "ELASTIC"), ("sasrec", "SASRec")):
+                run = Path(a.runs) / f"{d}-{enc}" / run_id
+                f = run / "test_metrics.json"
+                if not f.is_file():
+                    continue
+                m = json.loads(f.read_text())["test"]
+                epochs, per_epoch = _training(run)
+                print(f"| {d} | {name} ({_loss(run)}) | {m['test/ndcg@10']:.4f} | "
+                      f"{m['test/hr@10']:.4f} | {epochs} | {per_epoch} | {int(m['test/count'])} |")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class ElasticLightningModule(L.LightningModule):
         self.val_metrics = FullRankingMetrics()
         self.test_metrics = FullRankingMetrics()
         self._tokens, self._t0 = 0, None
+        self._epoch_t0 = None  # set when an epoch starts from its beginning
 
     @classmethod
     def from_configs(cls, model: ModelConfig, optim: OptimConfig, eval: EvalConfig, run_config: Optional[dict] = None):
@@ -80,6 +81,14 @@ class ElasticLightningModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._tokens, self._t0 = 0, time.perf_counter()
+        self._epoch_t0 = self._t0
+
+    def on_train_epoch_end(self) -> None:
+        """Wall time of the epoch's training steps (validation excluded), for BENCHMARKS.md.
+        Not logged when the epoch began before a resume (no start hook ran in this process)."""
+        if self._epoch_t0 is not None:
+            self.log("train/epoch_time_s", time.perf_counter() - self._epoch_t0)
+        self._epoch_t0 = None
 
     # -- evaluation ---------------------------------------------------------------------------
     def ranks(self, batch: dict) -> torch.Tensor:

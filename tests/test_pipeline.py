@@ -77,6 +77,13 @@ def test_wandb_offline_run_logged_metrics_read_back(trained):
     assert offline_runs, "no offline W&B run directory with the stored run id"
 
 
+def test_epoch_wall_time_logged(trained):
+    _, _, result = trained
+    (fit_log,) = (Path(result.run_dir) / "csv").glob("fit-*/metrics.csv")
+    times = [float(r["train/epoch_time_s"]) for r in csv.DictReader(open(fit_log)) if r.get("train/epoch_time_s")]
+    assert times and all(t > 0 for t in times)
+
+
 class _Interrupt(L.Callback):
     """Simulates a crash after ``at`` optimizer steps."""
 
