@@ -143,6 +143,13 @@ def test_bad_yaml_key_names_file(tmp_path):
         load_config(str(bad))
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_frozen_config_loads_and_names_its_command(path):
+    cfg = load_config(str(path))
+    assert cfg.run.experiment
+    assert f"--config configs/{path.name}" in path.read_text().split("\nrun:")[0], "header lacks the command"
+
+
 def test_ddp_evaluation_equals_single_process(trained, tmp_path):
     _, overrides, result = trained
     outs = {}
