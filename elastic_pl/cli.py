@@ -120,8 +120,10 @@ COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate
 def _checkpoint(args) -> str:
     if not args.checkpoint:
         raise ConfigError(f"{args.command}: --checkpoint PATH is required")
+    from .train import is_sharded_checkpoint
+
     path = Path(args.checkpoint)
-    if path.is_dir() and not (path / "meta.pt").is_file():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         raise ConfigError(f"{args.command}: {args.checkpoint} is a directory but not a complete sharded "
                           "(fsdp/fsdp2) checkpoint: no meta.pt")
     if not path.exists():

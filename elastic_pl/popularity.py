@@ -36,7 +36,7 @@ def evaluate_popularity(cfg: Config, split: str = "test") -> dict:
     counts = torch.from_numpy(training_item_counts(dm)).double()
     items = counts[:, None]  # score = count; query = 1
     metrics = FullRankingMetrics()
-    dataset = dm.eval_dataset("valid" if split == "valid" else "test")
+    dataset = dm.eval_dataset(split)
     for batch in tqdm(dataset, desc=f"popularity/{split}", total=len(dataset)):
         query = torch.ones(batch["target"].shape[0], 1, dtype=torch.float64)
         seen = batch["seen"] if cfg.eval.filter_seen else None
