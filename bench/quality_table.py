@@ -6,6 +6,11 @@ For each dataset and run id it reads ``runs/<dataset>-<encoder>/<run_id>/test_me
 (written by ``elastic-pl train``), the loss from the run's saved ``config.yaml``, the epochs and
 the training seconds per epoch (``train/epoch_time_s``, validation excluded) from its CSV logs,
 and ``<popularity dir>/pop-<dataset>.json`` (``elastic-pl evaluate --baseline popularity --out``).
+
+Where history filtering misleads (repeat consumption: the target is kept while every other history
+item is removed, so "recommend what the user had" wins), an unfiltered evaluation is shown in an
+extra row when present: ``<run>/test_unfiltered.json`` (``elastic-pl evaluate --checkpoint
+<run>/checkpoints/best.ckpt eval.filter_seen=false --out ...``) and ``pop-<dataset>-unfiltered.json``.
 """
 from __future__ import annotations
 
@@ -45,6 +50,11 @@ def _loss(run: Path) -> str:
     return f"sampled softmax, {m.num_negatives} uniform negatives"
 
 
+def _row(data: str, model: str, m: dict, epochs: str, per_epoch: str) -> str:
+    return (f"| {data} | {model} | {m['test/ndcg@10']:.4f} | {m['test/hr@10']:.4f} | {epochs} | "
+            f"{per_epoch} | {int(m['test/count'])} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="runs")
@@ -54,20 +64,22 @@ def main() -> None:
     print("| data | model (loss) | test NDCG@10 | test HR@10 | epochs (best val) | s/epoch | users |")
     print("|---|---|---|---|---|---|---|")
     for d in DATASETS:
-        pop = Path(a.popularity) / f"pop-{d}.json"
-        if pop.is_file():
-            m = json.loads(pop.read_text())
-            print(f"| {d} | popularity | {m['test/ndcg@10']:.4f} | {m['test/hr@10']:.4f} | - | - | {int(m['test/count'])} |")
+        for suffix, note in (("", ""), ("-unfiltered", ", history not filtered")):
+            pop = Path(a.popularity) / f"pop-{d}{suffix}.json"
+            if pop.is_file():
+                print(_row(d, f"popularity{note}", json.loads(pop.read_text()), "-", "-"))
         for run_id in a.run_id:
             for enc, name in (("elastic", "ELASTIC"), ("sasrec", "SASRec")):
                 run = Path(a.runs) / f"{d}-{enc}" / run_id
                 f = run / "test_metrics.json"
                 if not f.is_file():
                     continue
-                m = json.loads(f.read_text())["test"]
                 epochs, per_epoch = _training(run)
-                print(f"| {d} | {name} ({_loss(run)}) | {m['test/ndcg@10']:.4f} | "
-                      f"{m['test/hr@10']:.4f} | {epochs} | {per_epoch} | {int(m['test/count'])} |")
+                print(_row(d, f"{name} ({_loss(run)})", json.loads(f.read_text())["test"], epochs, per_epoch))
+                unfiltered = run / "test_unfiltered.json"
+                if unfiltered.is_file():
+                    print(_row(d, f"{name} ({_loss(run)}), history not filtered",
+                               json.loads(unfiltered.read_text()), epochs, per_epoch))
 
 
 if __name__ == "__main__":

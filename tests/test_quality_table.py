@@ -1,0 +1,39 @@
+"""bench/quality_table.py turns run directories into the BENCHMARKS.md rows (read back here)."""
+import json
+
+from bench import quality_table
+
+
+def _metrics(ndcg: float, hr: float, count: int) -> dict:
+    return {"test/ndcg@10": ndcg, "test/hr@10": hr, "test/count": float(count)}
+
+
+def _fake_run(root, name: str, loss: str, ndcg: float, unfiltered: float | None = None) -> None:
+    run = root / name / "r1"
+    (run / "csv" / "fit-1").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"model:\n  loss: {loss}\n  negatives: uniform\n  num_negatives: 512\n")
+    (run / "test_metrics.json").write_text(json.dumps({"test": _metrics(ndcg, 0.5, 100)}))
+    (run / "csv" / "fit-1" / "metrics.csv").write_text(
+        "epoch,val/ndcg@10,train/epoch_time_s\n0,0.1,,\n0,,10.0\n1,0.3,\n1,,14.0\n2,0.2,\n")
+    if unfiltered is not None:
+        (run / "test_unfiltered.json").write_text(json.dumps(_metrics(unfiltered, 0.25, 100)))
+
+
+def test_rows_name_loss_epochs_and_unfiltered_variants(tmp_path, monkeypatch, capsys):
+    _fake_run(tmp_path / "runs", "wikipedia-elastic", "full_softmax", 0.8, unfiltered=0.4)
+    _fake_run(tmp_path / "runs", "wikipedia-sasrec", "sampled_softmax", 0.7)
+    pop = tmp_path / "pop"
+    pop.mkdir()
+    (pop / "pop-wikipedia.json").write_text(json.dumps(_metrics(0.03, 0.05, 100)))
+    (pop / "pop-wikipedia-unfiltered.json").write_text(json.dumps(_metrics(0.02, 0.04, 100)))
+    monkeypatch.setattr("sys.argv", ["quality_table", "--runs", str(tmp_path / "runs"), "--run-id", "r1",
+                                     "--popularity", str(pop)])
+    quality_table.main()
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| wikipedia")]
+    assert rows == [
+        "| wikipedia | popularity | 0.0300 | 0.0500 | - | - | 100 |",
+        "| wikipedia | popularity, history not filtered | 0.0200 | 0.0400 | - | - | 100 |",
+        "| wikipedia | ELASTIC (full softmax CE) | 0.8000 | 0.5000 | 3 (best 2) | 12 | 100 |",
+        "| wikipedia | ELASTIC (full softmax CE), history not filtered | 0.4000 | 0.2500 | 3 (best 2) | 12 | 100 |",
+        "| wikipedia | SASRec (sampled softmax, 512 uniform negatives) | 0.7000 | 0.5000 | 3 (best 2) | 12 | 100 |",
+    ]
