@@ -1,6 +1,6 @@
 """Collect test metrics of finished runs into the markdown table of BENCHMARKS.md.
 
-    python -m bench.quality_table --runs runs --run-id ce1 q1 --popularity bench/out
+    python -m bench.quality_table --runs runs --run-id ce2 ce1 q1 --popularity bench/out
 
 For each dataset and run id it reads ``runs/<dataset>-<encoder>/<run_id>/test_metrics.json``
 (written by ``elastic-pl train``), the loss from the run's saved ``config.yaml``, the epochs and
@@ -50,8 +50,8 @@ def _loss(run: Path) -> str:
     return f"sampled softmax, {m.num_negatives} uniform negatives"
 
 
-def _row(data: str, model: str, m: dict, epochs: str, per_epoch: str) -> str:
-    return (f"| {data} | {model} | {m['test/ndcg@10']:.4f} | {m['test/hr@10']:.4f} | {epochs} | "
+def _row(data: str, model: str, run_id: str, m: dict, epochs: str, per_epoch: str) -> str:
+    return (f"| {data} | {model} | {run_id} | {m['test/ndcg@10']:.4f} | {m['test/hr@10']:.4f} | {epochs} | "
             f"{per_epoch} | {int(m['test/count'])} |")
 
 
@@ -61,13 +61,13 @@ def main() -> None:
     ap.add_argument("--run-id", nargs="+", default=["q1"], help="one row per run id found")
     ap.add_argument("--popularity", default="bench/out")
     a = ap.parse_args()
-    print("| data | model (loss) | test NDCG@10 | test HR@10 | epochs (best val) | s/epoch | users |")
-    print("|---|---|---|---|---|---|---|")
+    print("| data | model (loss) | run | test NDCG@10 | test HR@10 | epochs (best val) | s/epoch | users |")
+    print("|---|---|---|---|---|---|---|---|")
     for d in DATASETS:
         for suffix, note in (("", ""), ("-unfiltered", ", history not filtered")):
             pop = Path(a.popularity) / f"pop-{d}{suffix}.json"
             if pop.is_file():
-                print(_row(d, f"popularity{note}", json.loads(pop.read_text()), "-", "-"))
+                print(_row(d, f"popularity{note}", "-", json.loads(pop.read_text()), "-", "-"))
         for run_id in a.run_id:
             for enc, name in (("elastic", "ELASTIC"), ("sasrec", "SASRec")):
                 run = Path(a.runs) / f"{d}-{enc}" / run_id
@@ -75,10 +75,10 @@ def main() -> None:
                 if not f.is_file():
                     continue
                 epochs, per_epoch = _training(run)
-                print(_row(d, f"{name} ({_loss(run)})", json.loads(f.read_text())["test"], epochs, per_epoch))
+                print(_row(d, f"{name} ({_loss(run)})", run_id, json.loads(f.read_text())["test"], epochs, per_epoch))
                 unfiltered = run / "test_unfiltered.json"
                 if unfiltered.is_file():
-                    print(_row(d, f"{name} ({_loss(run)}), history not filtered",
+                    print(_row(d, f"{name} ({_loss(run)}), history not filtered", run_id,
                                json.loads(unfiltered.read_text()), epochs, per_epoch))
 
 

@@ -31,9 +31,9 @@ def test_rows_name_loss_epochs_and_unfiltered_variants(tmp_path, monkeypatch, ca
     quality_table.main()
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| wikipedia")]
     assert rows == [
-        "| wikipedia | popularity | 0.0300 | 0.0500 | - | - | 100 |",
-        "| wikipedia | popularity, history not filtered | 0.0200 | 0.0400 | - | - | 100 |",
-        "| wikipedia | ELASTIC (full softmax CE) | 0.8000 | 0.5000 | 3 (best 2) | 12 | 100 |",
-        "| wikipedia | ELASTIC (full softmax CE), history not filtered | 0.4000 | 0.2500 | 3 (best 2) | 12 | 100 |",
-        "| wikipedia | SASRec (sampled softmax, 512 uniform negatives) | 0.7000 | 0.5000 | 3 (best 2) | 12 | 100 |",
+        "| wikipedia | popularity | - | 0.0300 | 0.0500 | - | - | 100 |",
+        "| wikipedia | popularity, history not filtered | - | 0.0200 | 0.0400 | - | - | 100 |",
+        "| wikipedia | ELASTIC (full softmax CE) | r1 | 0.8000 | 0.5000 | 3 (best 2) | 12 | 100 |",
+        "| wikipedia | ELASTIC (full softmax CE), history not filtered | r1 | 0.4000 | 0.2500 | 3 (best 2) | 12 | 100 |",
+        "| wikipedia | SASRec (sampled softmax, 512 uniform negatives) | r1 | 0.7000 | 0.5000 | 3 (best 2) | 12 | 100 |",
     ]
