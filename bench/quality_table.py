@@ -4,7 +4,7 @@
 
 For each dataset and run id it reads ``runs/<dataset>-<encoder>/<run_id>/test_metrics.json``
 (written by ``elastic-pl train``), the loss from the run's saved ``config.yaml``, the epochs and
-the training seconds per epoch (``train/epoch_time_s``, validation excluded) from its CSV logs,
+the wall seconds per epoch (``train/epoch_time_s``, validation included) from its CSV logs,
 and ``<popularity dir>/pop-<dataset>.json`` (``elastic-pl evaluate --baseline popularity --out``).
 
 Where history filtering misleads (repeat consumption: the target is kept while every other history
@@ -25,7 +25,7 @@ DATASETS = ["ml-1m", "ml-100k", "ml-latest-small", "lastfm", "wikipedia", "amazo
 
 
 def _training(run: Path) -> tuple[str, str]:
-    """('E (best E*)', mean training seconds per epoch or '-') from the run's CSV logs (all launches)."""
+    """('E (best E*)', mean wall seconds per epoch (validation included) or '-') from the run's CSV logs (all launches)."""
     rows = []
     for f in sorted(run.glob("csv/fit-*/metrics.csv")):
         rows += list(csv.DictReader(open(f)))

@@ -84,7 +84,8 @@ class ElasticLightningModule(L.LightningModule):
         self._epoch_t0 = self._t0
 
     def on_train_epoch_end(self) -> None:
-        """Wall time of the epoch's training steps (validation excluded), for BENCHMARKS.md.
+        """Wall time of the epoch: its training steps and the validation that ends it (Lightning
+        validates before ``on_train_epoch_end``), for BENCHMARKS.md.
         Not logged when the epoch began before a resume (no start hook ran in this process)."""
         if self._epoch_t0 is not None:
             self.log("train/epoch_time_s", time.perf_counter() - self._epoch_t0)
