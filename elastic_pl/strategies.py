@@ -156,10 +156,10 @@ class RequeueOnSignal(L.Callback):
             from .tracking import finish_wandb
 
             finish_wandb(trainer.loggers)
+            # said before the call: SLURM may kill this launch before scontrol even returns
+            rank_zero_info(f"requeueing SLURM job {job}; it resumes from {path}")
             rc = subprocess.call(["scontrol", "requeue", job])
-            if rc == 0:
-                rank_zero_info(f"requeued SLURM job {job}")
-            else:
+            if rc != 0:
                 rank_zero_warn(f"`scontrol requeue {job}` failed (exit code {rc}): resubmit the job; it "
                                f"resumes from {path}")
         raise Requeued(f"saved {path} at global step {step}; SLURM job {job} requeued")

@@ -225,7 +225,7 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm_cluster, tiny, tmp_path)
     k = torch.load(hpc, map_location="cpu", weights_only=True)["global_step"]
     assert steps_per_epoch <= k < max_steps, k
     assert f"requeue signal received: saving {hpc} at global step {k}" in text, text[-3000:]
-    assert f"requeued SLURM job {job}" in text
+    assert f"requeueing SLURM job {job}; it resumes from {hpc}" in text  # logged before scontrol's kill
     # the requeued run restored the hpc checkpoint -- or, when step k ended an epoch, the last.ckpt that
     # the epoch's validation wrote after it, at the same step
     restored = re.search(r"Restoring states from the checkpoint path at (\S+)", text.split(f"restart=1")[1])
