@@ -1,6 +1,6 @@
 """Collect test metrics of finished runs into the markdown table of BENCHMARKS.md.
 
-    python -m bench.quality_table --runs runs --run-id ce2 ce1 q1 --popularity bench/out
+    python -m bench.quality_table --runs runs --run-id ce3 ce2 ce1 q1 --popularity bench/out
 
 For each dataset and run id it reads ``runs/<dataset>-<encoder>/<run_id>/test_metrics.json``
 (written by ``elastic-pl train``), the loss from the run's saved ``config.yaml``, the epochs and
@@ -9,8 +9,8 @@ and ``<popularity dir>/pop-<dataset>.json`` (``elastic-pl evaluate --baseline po
 
 Where history filtering misleads (repeat consumption: the target is kept while every other history
 item is removed, so "recommend what the user had" wins), an unfiltered evaluation is shown in an
-extra row when present: ``<run>/test_unfiltered.json`` (``elastic-pl evaluate --checkpoint
-<run>/checkpoints/best.ckpt eval.filter_seen=false --out ...``) and ``pop-<dataset>-unfiltered.json``.
+extra row when present: ``<run>/test_unfiltered.json`` (``elastic-pl evaluate --checkpoint <the
+``best_checkpoint`` of test_metrics.json> eval.filter_seen=false --out ...``) and ``pop-<dataset>-unfiltered.json``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ DATASETS = ["ml-1m", "ml-100k", "ml-latest-small", "lastfm", "wikipedia", "amazo
 
 
 def _training(run: Path) -> tuple[str, str]:
-    """('E (best E*)', mean wall seconds per epoch (validation included) or '-') from the run's CSV logs (all launches)."""
+    """('E (best E*)', mean wall seconds per epoch, validation included, or '-') from the run's CSV
+    logs (all launches)."""
     rows = []
     for f in sorted(run.glob("csv/fit-*/metrics.csv")):
         rows += list(csv.DictReader(open(f)))
@@ -75,10 +76,11 @@ def main() -> None:
                 if not f.is_file():
                     continue
                 epochs, per_epoch = _training(run)
-                print(_row(d, f"{name} ({_loss(run)})", run_id, json.loads(f.read_text())["test"], epochs, per_epoch))
+                model = f"{name} ({_loss(run)})"
+                print(_row(d, model, run_id, json.loads(f.read_text())["test"], epochs, per_epoch))
                 unfiltered = run / "test_unfiltered.json"
                 if unfiltered.is_file():
-                    print(_row(d, f"{name} ({_loss(run)}), history not filtered", run_id,
+                    print(_row(d, f"{model}, history not filtered", run_id,
                                json.loads(unfiltered.read_text()), epochs, per_epoch))
 
 

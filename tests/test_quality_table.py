@@ -14,7 +14,7 @@ def _fake_run(root, name: str, loss: str, ndcg: float, unfiltered: float | None 
     (run / "config.yaml").write_text(f"model:\n  loss: {loss}\n  negatives: uniform\n  num_negatives: 512\n")
     (run / "test_metrics.json").write_text(json.dumps({"test": _metrics(ndcg, 0.5, 100)}))
     (run / "csv" / "fit-1" / "metrics.csv").write_text(
-        "epoch,val/ndcg@10,train/epoch_time_s\n0,0.1,,\n0,,10.0\n1,0.3,\n1,,14.0\n2,0.2,\n")
+        "epoch,val/ndcg@10,train/epoch_time_s\n0,0.1,\n0,,10.0\n1,0.3,\n1,,14.0\n2,0.2,\n")
     if unfiltered is not None:
         (run / "test_unfiltered.json").write_text(json.dumps(_metrics(unfiltered, 0.25, 100)))
 
