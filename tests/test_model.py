@@ -222,14 +222,21 @@ def test_losses_are_finite_and_trainable(loss, negatives):
     assert value.item() < first
 
 
-def test_full_softmax_is_cross_entropy_over_catalog():
+@pytest.mark.parametrize("temperature", [1.0, 0.3])
+def test_full_softmax_is_cross_entropy_over_catalog(temperature):
+    """Reference: every item scored, padding masked to -inf, logits divided by the temperature."""
     torch.manual_seed(9)
-    model = SequentialRecommender(model_cfg(loss="full_softmax"))
-    h = torch.randn(5, 16)
+    model = SequentialRecommender(model_cfg(loss="full_softmax", temperature=temperature))
+    h = torch.randn(5, 16, requires_grad=True)
     y = torch.randint(1, 41, (5,))
-    logits = h @ model.item_matrix()[1:].T
-    expected = torch.nn.functional.cross_entropy(logits, y - 1)
-    assert torch.allclose(model.loss(h[:, None], y[:, None]), expected, atol=1e-6)
+    logits = (h @ model.item_matrix().T) / temperature
+    logits = logits.masked_fill(torch.arange(logits.shape[1]) == 0, float("-inf"))
+    expected = torch.nn.functional.cross_entropy(logits, y)
+    (grad_expected,) = torch.autograd.grad(expected, h)
+    value = model.loss(h[:, None], y[:, None])
+    (grad,) = torch.autograd.grad(value, h)
+    assert torch.allclose(value, expected, atol=1e-6)
+    assert torch.allclose(grad, grad_expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("field,value", [("d_model", 31), ("n_heads", 0), ("num_experts", 0), ("chunk_size", 0),

@@ -10,10 +10,12 @@ import torch.nn.functional as F
 
 
 def full_softmax(query: torch.Tensor, target: torch.Tensor, items: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Cross-entropy over the whole catalog (small catalogs)."""
-    logits = (query @ items.T).float() / temperature
-    logits[:, 0] = float("-inf")
-    return F.cross_entropy(logits, target)
+    """Cross-entropy over the whole catalog (small catalogs).
+
+    The [M, V] logits are the big tensor here, so the temperature scales the [M, D] query
+    instead, and the padding row is sliced off (targets shift by one) rather than masked."""
+    logits = (query / temperature) @ items[1:].T
+    return F.cross_entropy(logits.float(), target - 1)
 
 
 def sampled_softmax_uniform(query, target, items, temperature: float, num_negatives: int,
