@@ -2,8 +2,8 @@
 
 For every encoder and history length N, at a FIXED number of tokens per batch (B = tokens // N):
 
-* ``train``: forward + sampled-softmax loss on random items + backward (model.train(), dropout on,
-  no optimizer step), the work of one training step;
+* ``train``: forward + loss (``--loss``, sampled softmax by default) on random items + backward
+  (model.train(), dropout on, no optimizer step), the work of one training step;
 * ``infer``: forward only (model.eval(), torch.no_grad()).
 
 Reported: median ms/iter, tokens/s (B * N / median), peak memory. GPU: ``max_memory_allocated``
@@ -49,7 +49,7 @@ def model_config(args, encoder: str) -> ModelConfig:
         num_items=args.items, d_model=args.d_model, n_heads=args.heads, n_layers=args.layers,
         encoder=encoder, max_positions=args.max_positions,
         num_experts=args.experts, chunk_size=args.chunk, use_memory=not args.no_memory,
-        loss="sampled_softmax", negatives="uniform", num_negatives=args.negatives,
+        loss=args.loss, negatives="uniform", num_negatives=args.negatives,
     )
 
 
@@ -89,7 +89,7 @@ def run_config(args, encoder: str, n: int, mode: str, model=None, runner=None) -
     rec = dict(encoder=encoder, n=n, batch=batch, tokens=batch * n, mode=mode, device=args.device,
                dtype=args.dtype, compile=args.compile, d_model=args.d_model, layers=args.layers,
                heads=args.heads, experts=args.experts, chunk=args.chunk, memory=not args.no_memory,
-               items=args.items, negatives=args.negatives)
+               items=args.items, loss=args.loss, negatives=args.negatives)
     gen = torch.Generator(device="cpu").manual_seed(1234 + n)
     x = targets = hidden = loss = None
     try:
@@ -200,7 +200,7 @@ def child_argv(args) -> list[str]:
     keep = ["--device", args.device, "--dtype", args.dtype, "--tokens", str(args.tokens),
             "--d-model", str(args.d_model), "--heads", str(args.heads), "--layers", str(args.layers),
             "--experts", str(args.experts), "--chunk", str(args.chunk), "--items", str(args.items),
-            "--negatives", str(args.negatives), "--max-positions", str(args.max_positions),
+            "--loss", args.loss, "--negatives", str(args.negatives), "--max-positions", str(args.max_positions),
             "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters), "--min-iters", str(args.min_iters),
             "--budget-s", str(args.budget_s), "--cpu-mem-cap-gb", str(args.cpu_mem_cap_gb)]
     if args.no_memory:
@@ -360,6 +360,8 @@ def parse(argv=None):
     p.add_argument("--chunk", type=int, default=ModelConfig.chunk_size)
     p.add_argument("--no-memory", action="store_true", help="ELASTIC without interest memory")
     p.add_argument("--items", type=int, default=100_000, help="catalog size V")
+    p.add_argument("--loss", default="sampled_softmax", choices=["sampled_softmax", "full_softmax"],
+                   help="train mode's loss; full_softmax scores the whole catalog (--items) at every position")
     p.add_argument("--negatives", type=int, default=ModelConfig.num_negatives)
     p.add_argument("--max-positions", type=int, default=ModelConfig.max_positions)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (CPU); 0 = torch default")

@@ -1,6 +1,6 @@
 """Collect test metrics of finished runs into the markdown table of BENCHMARKS.md.
 
-    python -m bench.quality_table --runs runs --run-id ce3 ce2 ce1 q1 --popularity bench/out
+    python -m bench.quality_table --runs runs --run-id ce4 ce3 ce2 ce1 q1 --popularity bench/out
 
 For each dataset and run id it reads ``runs/<dataset>-<encoder>/<run_id>/test_metrics.json``
 (written by ``elastic-pl train``), the loss from the run's saved ``config.yaml``, the epochs and
