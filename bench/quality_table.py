@@ -11,12 +11,17 @@ Where history filtering misleads (repeat consumption: the target is kept while e
 item is removed, so "recommend what the user had" wins), an unfiltered evaluation is shown in an
 extra row when present: ``<run>/test_unfiltered.json`` (``elastic-pl evaluate --checkpoint <the
 ``best_checkpoint`` of test_metrics.json> eval.filter_seen=false --out ...``) and ``pop-<dataset>-unfiltered.json``.
+
+``--seeds ce1,ce1s1,ce1s2`` adds a second table: for each group of run ids (the same recipe with
+different ``run.seed``), the mean and sample standard deviation of the test metrics over the runs
+of the group that exist (where two or more do).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import statistics
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -56,11 +61,33 @@ def _row(data: str, model: str, run_id: str, m: dict, epochs: str, per_epoch: st
             f"{per_epoch} | {int(m['test/count'])} |")
 
 
+def _mean_sd(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _seed_table(runs: Path, groups: list[str]) -> None:
+    print("\n| data | model (loss) | runs | test NDCG@10 (mean ± sd) | test HR@10 (mean ± sd) | seeds |")
+    print("|---|---|---|---|---|---|")
+    for d in DATASETS:
+        for group in groups:
+            for enc, name in (("elastic", "ELASTIC"), ("sasrec", "SASRec")):
+                found = [runs / f"{d}-{enc}" / r for r in group.split(",")]
+                found = [r for r in found if (r / "test_metrics.json").is_file()]
+                if len(found) < 2:  # a single run is a row of the first table
+                    continue
+                m = [json.loads((r / "test_metrics.json").read_text())["test"] for r in found]
+                print(f"| {d} | {name} ({_loss(found[0])}) | {', '.join(r.name for r in found)} | "
+                      f"{_mean_sd([x['test/ndcg@10'] for x in m])} | {_mean_sd([x['test/hr@10'] for x in m])} | "
+                      f"{len(m)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--run-id", nargs="+", default=["q1"], help="one row per run id found")
     ap.add_argument("--popularity", default="bench/out")
+    ap.add_argument("--seeds", nargs="*", default=[], metavar="ID,ID,...",
+                    help="groups of run ids (one recipe, several seeds) to average in a second table")
     a = ap.parse_args()
     print("| data | model (loss) | run | test NDCG@10 | test HR@10 | epochs (best val) | s/epoch | users |")
     print("|---|---|---|---|---|---|---|---|")
@@ -82,6 +109,8 @@ def main() -> None:
                 if unfiltered.is_file():
                     print(_row(d, f"{model}, history not filtered", run_id,
                                json.loads(unfiltered.read_text()), epochs, per_epoch))
+    if a.seeds:
+        _seed_table(Path(a.runs), a.seeds)
 
 
 if __name__ == "__main__":
