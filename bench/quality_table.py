@@ -5,7 +5,8 @@
 For each dataset and run id it reads ``runs/<dataset>-<encoder>/<run_id>/test_metrics.json``
 (written by ``elastic-pl train``), the loss from the run's saved ``config.yaml``, the epochs and
 the wall seconds per epoch (``train/epoch_time_s``, validation included) from its CSV logs,
-and ``<popularity dir>/pop-<dataset>.json`` (``elastic-pl evaluate --baseline popularity --out``).
+and the baselines ``<popularity dir>/pop-<dataset>.json`` and ``transition-<dataset>.json``
+(``elastic-pl evaluate --baseline popularity|transition --out``).
 
 Where history filtering misleads (repeat consumption: the target is kept while every other history
 item is removed, so "recommend what the user had" wins), an unfiltered evaluation is shown in an
@@ -85,17 +86,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--run-id", nargs="+", default=["q1"], help="one row per run id found")
-    ap.add_argument("--popularity", default="bench/out")
+    ap.add_argument("--popularity", default="bench/out", help="directory of the baselines' JSON files")
     ap.add_argument("--seeds", nargs="*", default=[], metavar="ID,ID,...",
                     help="groups of run ids (one recipe, several seeds) to average in a second table")
     a = ap.parse_args()
     print("| data | model (loss) | run | test NDCG@10 | test HR@10 | epochs (best val) | s/epoch | users |")
     print("|---|---|---|---|---|---|---|---|")
     for d in DATASETS:
-        for suffix, note in (("", ""), ("-unfiltered", ", history not filtered")):
-            pop = Path(a.popularity) / f"pop-{d}{suffix}.json"
-            if pop.is_file():
-                print(_row(d, f"popularity{note}", "-", json.loads(pop.read_text()), "-", "-"))
+        for prefix, baseline in (("pop", "popularity"), ("transition", "item transitions")):
+            for suffix, note in (("", ""), ("-unfiltered", ", history not filtered")):
+                f = Path(a.popularity) / f"{prefix}-{d}{suffix}.json"
+                if f.is_file():
+                    print(_row(d, f"{baseline}{note}", "-", json.loads(f.read_text()), "-", "-"))
         for run_id in a.run_id:
             for enc, name in (("elastic", "ELASTIC"), ("sasrec", "SASRec")):
                 run = Path(a.runs) / f"{d}-{enc}" / run_id

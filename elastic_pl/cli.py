@@ -73,6 +73,10 @@ def cmd_evaluate(cfg: Config, args) -> dict:
         from .popularity import evaluate_popularity
 
         metrics = evaluate_popularity(cfg, split=args.split)
+    elif args.baseline == "transition":
+        from .transition import evaluate_transition
+
+        metrics = evaluate_transition(cfg, split=args.split)
     else:
         from .train import evaluate
 
@@ -137,7 +141,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (see configs/); omitted: the embedded laptop default")
     p.add_argument("--checkpoint", help="evaluate/predict/export: a checkpoint file (or a sharded checkpoint "
                                         "directory of trainer.strategy=fsdp|fsdp2)")
-    p.add_argument("--baseline", choices=["popularity"], help="evaluate: a baseline instead of a checkpoint")
+    p.add_argument("--baseline", choices=["popularity", "transition"],
+                   help="evaluate: a baseline instead of a checkpoint (transition: item-to-item Markov chain)")
     p.add_argument("--split", choices=["valid", "test"], default="test", help="evaluate: which split")
     p.add_argument("--plan", action="store_true", help="prepare: only the plan stage (before the --bucket tasks)")
     p.add_argument("--bucket", type=int, help="prepare: process one bucket only (SLURM array task; after --plan)")

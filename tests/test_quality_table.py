@@ -27,6 +27,7 @@ def test_rows_name_loss_epochs_and_unfiltered_variants(tmp_path, monkeypatch, ca
     pop.mkdir()
     (pop / "pop-wikipedia.json").write_text(json.dumps(_metrics(0.03, 0.05, 100)))
     (pop / "pop-wikipedia-unfiltered.json").write_text(json.dumps(_metrics(0.02, 0.04, 100)))
+    (pop / "transition-wikipedia.json").write_text(json.dumps(_metrics(0.6, 0.45, 100)))
     monkeypatch.setattr("sys.argv", ["quality_table", "--runs", str(tmp_path / "runs"), "--run-id", "r1",
                                      "--popularity", str(pop)])
     quality_table.main()
@@ -34,6 +35,7 @@ def test_rows_name_loss_epochs_and_unfiltered_variants(tmp_path, monkeypatch, ca
     assert rows == [
         "| wikipedia | popularity | - | 0.0300 | 0.0500 | - | - | 100 |",
         "| wikipedia | popularity, history not filtered | - | 0.0200 | 0.0400 | - | - | 100 |",
+        "| wikipedia | item transitions | - | 0.6000 | 0.4500 | - | - | 100 |",
         "| wikipedia | ELASTIC (full softmax CE) | r1 | 0.8000 | 0.5000 | 3 (best 2) | 12 | 100 |",
         "| wikipedia | ELASTIC (full softmax CE), history not filtered | r1 | 0.4000 | 0.2500 | 3 (best 2) | 12 | 100 |",
         "| wikipedia | SASRec (sampled softmax, 512 uniform negatives) | r1 | 0.7000 | 0.5000 | 3 (best 2) | 12 | 100 |",
