@@ -5,6 +5,8 @@ pessimistic ties), so its numbers are comparable with theirs.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -16,30 +18,42 @@ from .config import Config
 from .metrics import FullRankingMetrics, target_ranks
 
 
+def training_mask(block) -> np.ndarray:
+    """bool [len(block.items)]: the positions in the training part of their sequence (all but the
+    last two events, the validation and test targets)."""
+    ends = np.maximum(block.offsets[1:] - 2, block.offsets[:-1])
+    keep = np.zeros(len(block.items) + 1, dtype=np.int64)
+    np.add.at(keep, block.offsets[:-1], 1)
+    np.add.at(keep, ends, -1)
+    return np.cumsum(keep[:-1]) > 0
+
+
 def training_item_counts(dm: ElasticDataModule) -> np.ndarray:
     """[V+1] counts of each item over the training part of every sequence (all but the last two)."""
     counts = np.zeros(dm.num_items + 1, dtype=np.int64)
     for url, shard in zip(dm.urls, dm.manifest.shards):
         for block in read_blocks(url, shard.users, dm.num_items):
-            ends = np.maximum(block.offsets[1:] - 2, block.offsets[:-1])  # drop valid + test targets
-            keep = np.zeros(len(block.items) + 1, dtype=np.int64)
-            np.add.at(keep, block.offsets[:-1], 1)
-            np.add.at(keep, ends, -1)
-            mask = np.cumsum(keep[:-1]) > 0
-            counts += np.bincount(block.items[mask], minlength=dm.num_items + 1)
+            counts += np.bincount(block.items[training_mask(block)], minlength=dm.num_items + 1)
     return counts
+
+
+def evaluate_baseline(cfg: Config, dm: ElasticDataModule, split: str, name: str, items: torch.Tensor,
+                      query_of: Callable[[dict], torch.Tensor]) -> dict:
+    """Metrics of scores ``query_of(batch) @ items.T`` over ``split``, through the models' ranking
+    path (``target_ranks``: history filtering as configured, pessimistic ties)."""
+    metrics = FullRankingMetrics()
+    dataset = dm.eval_dataset(split)
+    for batch in tqdm(dataset, desc=f"{name}/{split}", total=len(dataset)):
+        seen = batch["seen"] if cfg.eval.filter_seen else None
+        ranks = target_ranks(query_of(batch), items, batch["target"], seen, cfg.eval.chunk_size)
+        metrics.update(ranks, batch["valid"])
+    prefix = "val/" if split == "valid" else "test/"
+    return {prefix + k: float(v) for k, v in metrics.compute().items()}
 
 
 def evaluate_popularity(cfg: Config, split: str = "test") -> dict:
     dm = ElasticDataModule(cfg.data.loader)
     dm.setup()
-    counts = torch.from_numpy(training_item_counts(dm)).double()
-    items = counts[:, None]  # score = count; query = 1
-    metrics = FullRankingMetrics()
-    dataset = dm.eval_dataset(split)
-    for batch in tqdm(dataset, desc=f"popularity/{split}", total=len(dataset)):
-        query = torch.ones(batch["target"].shape[0], 1, dtype=torch.float64)
-        seen = batch["seen"] if cfg.eval.filter_seen else None
-        metrics.update(target_ranks(query, items, batch["target"], seen, cfg.eval.chunk_size), batch["valid"])
-    prefix = "val/" if split == "valid" else "test/"
-    return {prefix + k: float(v) for k, v in metrics.compute().items()}
+    items = torch.from_numpy(training_item_counts(dm)).double()[:, None]  # score = count; query = 1
+    return evaluate_baseline(cfg, dm, split, "popularity", items,
+                             lambda batch: torch.ones(batch["target"].shape[0], 1, dtype=torch.float64))

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from data_pipeline.datamodule import ElasticDataModule
 from data_pipeline.sharding import read_blocks
 
 from .config import Config
-from .metrics import FullRankingMetrics, target_ranks
+from .popularity import evaluate_baseline, training_mask
 
 WINDOW = 3  # count the next WINDOW items after each item, weight 1 / distance
 LAST = 5  # the user's most recent items that vote
@@ -38,11 +37,12 @@ def transition_items(dm: ElasticDataModule) -> np.ndarray:
     out = np.zeros((size, size + 1), dtype=np.float32)
     for url, shard in zip(dm.urls, dm.manifest.shards):
         for block in read_blocks(url, shard.users, dm.num_items):
-            for j in range(len(block)):
-                train = block.sequence(j)[:-2]
-                out[:, -1] += np.bincount(train, minlength=size)
-                for d in range(1, WINDOW + 1):
-                    np.add.at(out, (train[d:], train[:-d]), 1.0 / d)
+            train, items = training_mask(block), block.items
+            user = np.repeat(np.arange(len(block)), np.diff(block.offsets))
+            out[:, -1] += np.bincount(items[train], minlength=size)
+            for d in range(1, WINDOW + 1):  # pairs (i -> j) d steps apart in one user's training part
+                pair = train[:-d] & train[d:] & (user[:-d] == user[d:])
+                np.add.at(out, (items[d:][pair], items[:-d][pair]), 1.0 / d)
     totals = out.sum(axis=0)
     np.divide(out, totals, out=out, where=totals > 0)
     return out
@@ -54,17 +54,14 @@ def evaluate_transition(cfg: Config, split: str = "test") -> dict:
     if dm.num_items > MAX_ITEMS:
         raise ValueError(f"the transition baseline keeps a dense {dm.num_items} x {dm.num_items} matrix; "
                          f"it supports catalogs of up to {MAX_ITEMS} items")
-    # score = query @ items.T with query = [weights of the recent items | POP_WEIGHT]
     items = torch.from_numpy(transition_items(dm))
-    metrics = FullRankingMetrics()
-    dataset = dm.eval_dataset(split)
-    for batch in tqdm(dataset, desc=f"transition/{split}", total=len(dataset)):
+
+    def query_of(batch: dict) -> torch.Tensor:  # [weights of the recent items | POP_WEIGHT]
         recent = batch["items"][:, -LAST:].flip(1)  # newest first, 0 = padding
         weights = DECAY ** torch.arange(recent.shape[1], dtype=torch.float32).expand_as(recent)
         query = torch.zeros(recent.shape[0], items.shape[1])
         query.scatter_add_(1, recent, weights * (recent > 0))
         query[:, -1] = POP_WEIGHT
-        seen = batch["seen"] if cfg.eval.filter_seen else None
-        metrics.update(target_ranks(query, items, batch["target"], seen, cfg.eval.chunk_size), batch["valid"])
-    prefix = "val/" if split == "valid" else "test/"
-    return {prefix + k: float(v) for k, v in metrics.compute().items()}
+        return query
+
+    return evaluate_baseline(cfg, dm, split, "transition", items, query_of)
