@@ -236,3 +236,23 @@ def test_transition_baseline_refuses_huge_catalogs(tmp_path, monkeypatch):
     cfg = load_config(None, [f"data.loader.data_dir={tmp_path}/shards", "data.loader.num_workers=0"])
     with pytest.raises(ValueError, match="supports catalogs of up to 10 items"):
         transition.evaluate_transition(cfg)
+
+
+def test_paired_comparison_recomputes_the_stored_test_metric(trained, tmp_path):
+    import shutil
+
+    from bench import paired
+
+    _, _, result = trained
+    run = Path(result.run_dir)
+    out = paired.compare([run], [run], "ndcg@10", resamples=200)
+    assert out["users"] == 120 and out["diff"] == 0.0
+    assert out["mean_a"] == pytest.approx(result.test["test/ndcg@10"], abs=1e-6)
+    # the check against the stored metric fails loudly when they disagree
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    stored = json.loads((copy / "test_metrics.json").read_text())
+    stored["test"]["test/ndcg@10"] += 0.01
+    (copy / "test_metrics.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="differs from the stored"):
+        paired.compare([copy], [run], "ndcg@10", resamples=10)
