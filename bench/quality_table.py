@@ -57,6 +57,13 @@ def _loss(run: Path) -> str:
     return f"sampled softmax, {m.num_negatives} uniform negatives"
 
 
+def _model(run: Path, name: str) -> str:
+    """'ELASTIC (full softmax CE)'; 'ELASTIC without memory (...)' where the run turned the
+    interest memory off (``model.use_memory=false``)."""
+    variant = "" if OmegaConf.load(run / "config.yaml").model.get("use_memory", True) else " without memory"
+    return f"{name}{variant} ({_loss(run)})"
+
+
 def _row(data: str, model: str, run_id: str, m: dict, epochs: str, per_epoch: str) -> str:
     return (f"| {data} | {model} | {run_id} | {m['test/ndcg@10']:.4f} | {m['test/hr@10']:.4f} | {epochs} | "
             f"{per_epoch} | {int(m['test/count'])} |")
@@ -77,7 +84,7 @@ def _seed_table(runs: Path, groups: list[str]) -> None:
                 if len(found) < 2:  # a single run is a row of the first table
                     continue
                 m = [json.loads((r / "test_metrics.json").read_text())["test"] for r in found]
-                print(f"| {d} | {name} ({_loss(found[0])}) | {', '.join(r.name for r in found)} | "
+                print(f"| {d} | {_model(found[0], name)} | {', '.join(r.name for r in found)} | "
                       f"{_mean_sd([x['test/ndcg@10'] for x in m])} | {_mean_sd([x['test/hr@10'] for x in m])} | "
                       f"{len(m)} |")
 
@@ -105,7 +112,7 @@ def main() -> None:
                 if not f.is_file():
                     continue
                 epochs, per_epoch = _training(run)
-                model = f"{name} ({_loss(run)})"
+                model = _model(run, name)
                 print(_row(d, model, run_id, json.loads(f.read_text())["test"], epochs, per_epoch))
                 unfiltered = run / "test_unfiltered.json"
                 if unfiltered.is_file():

@@ -9,10 +9,11 @@ def _metrics(ndcg: float, hr: float, count: int) -> dict:
 
 
 def _fake_run(root, name: str, loss: str, ndcg: float, unfiltered: float | None = None,
-              run_id: str = "r1", hr: float = 0.5) -> None:
+              run_id: str = "r1", hr: float = 0.5, memory: bool = True) -> None:
     run = root / name / run_id
     (run / "csv" / "fit-1").mkdir(parents=True)
-    (run / "config.yaml").write_text(f"model:\n  loss: {loss}\n  negatives: uniform\n  num_negatives: 512\n")
+    (run / "config.yaml").write_text(f"model:\n  loss: {loss}\n  negatives: uniform\n  num_negatives: 512\n"
+                                     f"  use_memory: {str(memory).lower()}\n")
     (run / "test_metrics.json").write_text(json.dumps({"test": _metrics(ndcg, hr, 100)}))
     (run / "csv" / "fit-1" / "metrics.csv").write_text(
         "epoch,val/ndcg@10,train/epoch_time_s\n0,0.1,\n0,,10.0\n1,0.3,\n1,,14.0\n2,0.2,\n")
@@ -47,10 +48,13 @@ def test_seed_groups_average_the_runs_found(tmp_path, monkeypatch, capsys):
     for run_id, ndcg, hr in (("a", 0.1, 0.2), ("a1", 0.2, 0.4), ("a2", 0.3, 0.3)):
         _fake_run(runs, "lastfm-elastic", "full_softmax", ndcg, run_id=run_id, hr=hr)
     _fake_run(runs, "lastfm-sasrec", "full_softmax", 0.5, run_id="a", hr=0.6)  # one seed: no mean row
+    for run_id, ndcg in (("n", 0.4), ("n1", 0.6)):  # the interest memory turned off: named so
+        _fake_run(runs, "lastfm-elastic", "full_softmax", ndcg, run_id=run_id, hr=0.5, memory=False)
     monkeypatch.setattr("sys.argv", ["quality_table", "--runs", str(runs), "--run-id", "a",
-                                     "--popularity", str(tmp_path), "--seeds", "a,a1,a2,a3"])
+                                     "--popularity", str(tmp_path), "--seeds", "a,a1,a2,a3", "n,n1"])
     quality_table.main()
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| lastfm") and "±" in r]
     assert rows == [
         "| lastfm | ELASTIC (full softmax CE) | a, a1, a2 | 0.2000 ± 0.1000 | 0.3000 ± 0.1000 | 3 |",
+        "| lastfm | ELASTIC without memory (full softmax CE) | n, n1 | 0.5000 ± 0.1414 | 0.5000 ± 0.0000 | 2 |",
     ]
