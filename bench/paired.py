@@ -102,34 +102,33 @@ def run_ranks(run: Path, split: str = "test") -> tuple[dict[int, int], dict]:
     return ranks, stored
 
 
-def side_values(runs: list[Path], metric: str, split: str, check_tol: float = 1e-5) -> dict[int, float]:
-    """{user: the metric averaged over ``runs``}; every run must cover the same users."""
-    total: dict[int, float] | None = None
+def side_values(runs: list[Path], metric: str, split: str, check_tol: float = 1e-5) -> tuple[list[int], np.ndarray]:
+    """(sorted user ids, the metric per user averaged over ``runs``); every run must cover the same
+    users."""
+    users: list[int] = []
+    rows = []
     for run in runs:
         ranks, stored = run_ranks(run, split)
-        users = sorted(ranks)
+        if not rows:
+            users = sorted(ranks)
+        elif set(ranks) != set(users):
+            raise ValueError(f"{run} was evaluated on other users than {runs[0]}: different data")
         values = per_user(np.array([ranks[u] for u in users]), metric)
         key = f"test/{metric}"
         if split == "test" and key in stored and abs(values.mean() - stored[key]) > check_tol:
             raise ValueError(f"{run}: recomputed {key} {values.mean():.6f} differs from the stored "
                              f"{stored[key]:.6f} (different data or evaluation settings?)")
-        if total is None:
-            total = dict(zip(users, values))
-        elif set(users) != set(total):
-            raise ValueError(f"{run} was evaluated on other users than {runs[0]}: different data")
-        else:
-            for u, v in zip(users, values):
-                total[u] += v
-    return {u: v / len(runs) for u, v in total.items()}
+        rows.append(values)
+    return users, np.mean(rows, axis=0)
 
 
 def compare(a_runs: list[Path], b_runs: list[Path], metric: str = "ndcg@10", split: str = "test",
             resamples: int = 10_000, seed: int = 0) -> dict:
-    a, b = side_values(a_runs, metric, split), side_values(b_runs, metric, split)
-    if set(a) != set(b):
+    a_users, a = side_values(a_runs, metric, split)
+    b_users, b = side_values(b_runs, metric, split)
+    if a_users != b_users:
         raise ValueError("the two sides were evaluated on different users: different data")
-    users = sorted(a)
-    stats = paired_stats(np.array([a[u] for u in users]), np.array([b[u] for u in users]), resamples, seed)
+    stats = paired_stats(a, b, resamples, seed)
     return {"metric": metric, "split": split, "a": [str(r) for r in a_runs], "b": [str(r) for r in b_runs], **stats}
 
 

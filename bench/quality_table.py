@@ -45,9 +45,8 @@ def _training(run: Path) -> tuple[str, str]:
     return f"{int(val[-1]['epoch']) + 1} (best {int(best['epoch']) + 1})", per_epoch
 
 
-def _loss(run: Path) -> str:
-    """The loss as the run's resolved config names it, e.g. 'sampled softmax, 512 uniform negatives'."""
-    m = OmegaConf.load(run / "config.yaml").model
+def _loss(m) -> str:
+    """The loss as a run's resolved model config names it, e.g. 'sampled softmax, 512 uniform negatives'."""
     if m.loss == "full_softmax":
         return "full softmax CE"
     if m.loss == "bce":
@@ -60,8 +59,9 @@ def _loss(run: Path) -> str:
 def _model(run: Path, name: str) -> str:
     """'ELASTIC (full softmax CE)'; 'ELASTIC without memory (...)' where the run turned the
     interest memory off (``model.use_memory=false``)."""
-    variant = "" if OmegaConf.load(run / "config.yaml").model.get("use_memory", True) else " without memory"
-    return f"{name}{variant} ({_loss(run)})"
+    m = OmegaConf.load(run / "config.yaml").model
+    variant = "" if m.get("use_memory", True) else " without memory"
+    return f"{name}{variant} ({_loss(m)})"
 
 
 def _row(data: str, model: str, run_id: str, m: dict, epochs: str, per_epoch: str) -> str:
