@@ -66,6 +66,27 @@ def latest_checkpoint(directory: Path) -> Optional[Path]:
     return max(candidates, key=_checkpoint_mtime) if candidates else None
 
 
+class LogStepFromGlobalStep(L.Callback):
+    """Logs of a resumed fit continue at the step it resumed from. Lightning (2.6) keeps a separate
+    logging step (``_batches_that_stepped``) that, restored from a checkpoint saved at an epoch's
+    end (``last.ckpt`` after that epoch's validation) with ``trainer.max_steps`` set, comes back
+    one ahead: the resumed launch logged steps k+1..N instead of k..N-1
+    (tests/test_pipeline.py::test_resume_from_epoch_end_checkpoint_logs_every_step_once). With one optimizer and no gradient accumulation (all this
+    package trains) the logging step is the global step at every batch start, so it is set to it
+    at the first batch of each launch."""
+
+    def __init__(self):
+        self._aligned = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._aligned = False
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if not self._aligned:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            self._aligned = True
+
+
 def build_datamodule(cfg: Config) -> ElasticDataModule:
     return ElasticDataModule(cfg.data.loader)  # its loaders' workers ignore SIGUSR1 (SLURM)
 
@@ -97,6 +118,7 @@ def build_trainer(cfg: Config, directory: Path, *, stage: str, callbacks: Sequen
                                              auto_insert_metric_name=False))
         if t.early_stopping_patience > 0:
             callbacks.append(EarlyStopping(monitor=BEST_METRIC, mode="max", patience=t.early_stopping_patience))
+        callbacks.append(LogStepFromGlobalStep())
         callbacks.extend(requeue_callbacks())  # SLURM: SIGUSR1 -> hpc checkpoint + requeue
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 5)))

@@ -126,6 +126,40 @@ def test_resume_after_interruption_continues_step_and_wandb_run(trained):
     assert list((run / "wandb").glob(f"offline-run-*-{run_id.strip()}"))
 
 
+def _logged_train_steps(run: Path) -> list[list[int]]:
+    """The ``step`` of every train/loss row, one list per launch (``csv/fit-<time>``), oldest first."""
+    return [[int(r["step"]) for r in csv.DictReader(open(f)) if r.get("train/loss")]
+            for f in sorted((run / "csv").glob("fit-*/metrics.csv"))]
+
+
+class _CrashBeforeStep(L.Callback):
+    """Simulates a crash (preemption, time limit) just before optimizer step ``at`` runs."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step >= self.at:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize("how", ["crash", "max_steps"])
+def test_resume_from_epoch_end_checkpoint_logs_every_step_once(trained, how):
+    # the newest checkpoint is last.ckpt, written after epoch 0's validation (step 4). With
+    # trainer.max_steps set, Lightning alone resumed the logging step at 5 (steps 5..8 logged; the
+    # SLURM requeue test met it when the signal came at an epoch's end); train.LogStepFromGlobalStep puts it back at 4
+    tmp, overrides, _ = trained
+    base = overrides + [f"run.run_id=epoch-end-{how}", "trainer.max_epochs=100"]
+    if how == "crash":
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            fit(load_config(None, base + ["trainer.max_steps=8"]), callbacks=[_CrashBeforeStep(at=4)])
+    else:  # a finished run extended
+        fit(load_config(None, base + ["trainer.max_steps=4"]))
+    result = fit(load_config(None, base + ["trainer.max_steps=8"]))
+    assert result.trainer.global_step == 8
+    assert _logged_train_steps(Path(result.run_dir)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
 @pytest.mark.parametrize("override,key", [("model.d_modell=3", "model.d_modell"),
                                           ("trainer.max_epochs=abc", "trainer.max_epochs"),
                                           ("model.chunk_size=0", "chunk_size"),
