@@ -1,7 +1,7 @@
 """Build the Trainer for a run directory and run fit / evaluate / predict.
 
 A run lives in ``runs/<experiment>/<run_id>`` (or ``run.dir``): ``config.yaml`` (the resolved
-config), ``checkpoints/`` (best on val/ndcg@10, last, every N steps), ``hpc_ckpt_*.ckpt``
+config), ``checkpoints/`` (best on val/ndcg@10, last after every epoch, every N steps), ``hpc_ckpt_*.ckpt``
 (written by Lightning on SLURM preemption), ``csv/<stage>-<time>/metrics.csv`` (one per launch:
 Lightning's CSV writer would overwrite an existing file), ``wandb/`` and
 ``wandb_run_id.txt``. Starting a run in a directory that holds checkpoints resumes from the
@@ -110,8 +110,12 @@ def build_trainer(cfg: Config, directory: Path, *, stage: str, callbacks: Sequen
     if for_fit:
         ckpt_dir = str(directory / "checkpoints")
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, monitor=BEST_METRIC, mode="max", save_top_k=1,
-                                         save_last=True, filename="best-epoch{epoch}-step{step}",
-                                         auto_insert_metric_name=False))
+                                         filename="best-epoch{epoch}-step{step}", auto_insert_metric_name=False))
+        # last.ckpt after every epoch, its own callback: Lightning (2.6) writes a monitored callback's
+        # save_last file only when the monitored metric improved, so a resume would redo (and a
+        # crash lose) every epoch since the best one
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1,
+                                         enable_version_counter=False))
         if t.checkpoint_every_n_steps > 0:
             callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_n_steps,
                                              save_top_k=-1, save_last=True, filename="step{step}",

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from elastic_pl.cli import main
 from elastic_pl.config import ConfigError, load_config
@@ -158,6 +159,27 @@ def test_resume_from_epoch_end_checkpoint_logs_every_step_once(trained, how):
     result = fit(load_config(None, base + ["trainer.max_steps=8"]))
     assert result.trainer.global_step == 8
     assert _logged_train_steps(Path(result.run_dir)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+class _NoImprovementAfterFirstEpoch(L.Callback):
+    """Reports val/ndcg@10 = -1 after epoch 0, so the best checkpoint stays at epoch 0."""
+
+    def on_validation_end(self, trainer, *args):
+        if trainer.current_epoch > 0:
+            trainer.callback_metrics["val/ndcg@10"] = torch.tensor(-1.0)
+
+
+def test_last_checkpoint_follows_every_epoch_not_only_the_best(trained):
+    # Lightning's save_last on the monitored callback wrote last.ckpt only with a new best: a
+    # resume went back to the best epoch (ML-1M SASRec resumed at epoch 36 of 46)
+    tmp, overrides, _ = trained
+    result = fit(load_config(None, overrides + ["run.run_id=last-ckpt", "trainer.max_epochs=3"]),
+                 callbacks=[_NoImprovementAfterFirstEpoch()])
+    run = Path(result.run_dir)
+    assert torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["global_step"] == 4
+    assert latest_checkpoint(run) == run / "checkpoints" / "last.ckpt"
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 12
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best-epoch0-step4.ckpt", "last.ckpt"]
 
 
 @pytest.mark.parametrize("override,key", [("model.d_modell=3", "model.d_modell"),
