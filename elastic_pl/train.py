@@ -70,10 +70,10 @@ class LogStepFromGlobalStep(L.Callback):
     """Logs of a resumed fit continue at the step it resumed from. Lightning (2.6) keeps a separate
     logging step (``_batches_that_stepped``) that, restored from a checkpoint saved at an epoch's
     end (``last.ckpt`` after that epoch's validation) with ``trainer.max_steps`` set, comes back
-    one ahead: the resumed launch logged steps k+1..N instead of k..N-1
-    (tests/test_pipeline.py::test_resume_from_epoch_end_checkpoint_logs_every_step_once). With one optimizer and no gradient accumulation (all this
-    package trains) the logging step is the global step at every batch start, so it is set to it
-    at the first batch of each launch."""
+    one ahead: the resumed launch logged steps k+1..N instead of k..N-1 (test_pipeline.py::
+    test_resume_from_epoch_end_checkpoint_logs_every_step_once). With one optimizer and no gradient
+    accumulation (all this package trains) the logging step is the global step at every batch
+    start, so it is set to it at the first batch of each launch."""
 
     def __init__(self):
         self._aligned = False

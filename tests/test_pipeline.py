@@ -148,7 +148,8 @@ class _CrashBeforeStep(L.Callback):
 def test_resume_from_epoch_end_checkpoint_logs_every_step_once(trained, how):
     # the newest checkpoint is last.ckpt, written after epoch 0's validation (step 4). With
     # trainer.max_steps set, Lightning alone resumed the logging step at 5 (steps 5..8 logged; the
-    # SLURM requeue test met it when the signal came at an epoch's end); train.LogStepFromGlobalStep puts it back at 4
+    # SLURM requeue test met it when the signal came at an epoch's end); train.LogStepFromGlobalStep
+    # puts it back at 4
     tmp, overrides, _ = trained
     base = overrides + [f"run.run_id=epoch-end-{how}", "trainer.max_epochs=100"]
     if how == "crash":
