@@ -73,18 +73,10 @@ class LogStepFromGlobalStep(L.Callback):
     one ahead: the resumed launch logged steps k+1..N instead of k..N-1 (test_pipeline.py::
     test_resume_from_epoch_end_checkpoint_logs_every_step_once). With one optimizer and no gradient
     accumulation (all this package trains) the logging step is the global step at every batch
-    start, so it is set to it at the first batch of each launch."""
-
-    def __init__(self):
-        self._aligned = False
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._aligned = False
+    start, so it is set to it there."""
 
     def on_train_batch_start(self, trainer, *args) -> None:
-        if not self._aligned:
-            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
-            self._aligned = True
+        trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
 
 def build_datamodule(cfg: Config) -> ElasticDataModule:

@@ -1,6 +1,8 @@
-"""A tiny end-to-end configuration (synthetic log, small model) for pipeline tests."""
+"""A tiny end-to-end configuration (synthetic log, small model) for pipeline tests, and a reader of
+the training steps its runs logged."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 TINY = [
@@ -22,3 +24,13 @@ def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
     data = tmp / "data"
     return TINY + [f"data.source.path={data}/events.parquet", f"data.prepare.output_dir={data}/shards",
                    f"run.root={tmp}/runs", *extra]
+
+
+def logged_train_steps(run: Path) -> list[list[int]]:
+    """Per launch of fit (``csv/fit-<time>/metrics.csv``, oldest first), the ``step`` of every
+    training row (train/loss is logged every step)."""
+    launches = []
+    for f in sorted(Path(run).glob("csv/fit-*/metrics.csv")):
+        with open(f) as fh:
+            launches.append([int(r["step"]) for r in csv.DictReader(fh) if r.get("train/loss")])
+    return launches

@@ -7,7 +7,6 @@ strategy ``fsdp`` (FSDPStrategy) runs the same scenario when CUDA is there.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ import torch
 from elastic_pl.cli import main
 from elastic_pl.config import ConfigError
 from elastic_pl.train import latest_checkpoint
-from tests.pipeline_config import tiny_overrides
+from tests.pipeline_config import logged_train_steps, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,15 +42,6 @@ def _train(tmp: Path, run: Path, *extra: str) -> str:
     return out
 
 
-def _train_steps(run: Path) -> list[list[int]]:
-    """Per launch (oldest first), the ``step`` of every training row of its CSV log."""
-    launches = []
-    for f in sorted((run / "csv").glob("fit-*/metrics.csv")):
-        with open(f) as fh:
-            launches.append([int(r["step"]) for r in csv.DictReader(fh) if r.get("train/loss")])
-    return launches
-
-
 def _sharded_train_resume_evaluate(data: Path, tmp_path: Path, strategy: str, *extra: str) -> None:
     run = tmp_path / "run"
     args = [f"trainer.strategy={strategy}", "trainer.devices=2", *extra]
@@ -65,7 +55,7 @@ def _sharded_train_resume_evaluate(data: Path, tmp_path: Path, strategy: str, *e
 
     out = _train(data, run, *args, "trainer.max_steps=6")
     assert f"Restoring states from the checkpoint path at {last}" in out, out[-4000:]
-    assert _train_steps(run) == [[0, 1, 2], [3, 4, 5]]  # the global step continues, nothing repeated
+    assert logged_train_steps(run) == [[0, 1, 2], [3, 4, 5]]  # the global step continues, nothing repeated
     summary = json.loads((run / "test_metrics.json").read_text())
     assert summary["global_step"] == 6 and summary["world_size"] == 2, summary
     assert summary["test"]["test/count"] == 120  # every test user once over the 2 ranks

@@ -17,7 +17,7 @@ import torch
 from elastic_pl.cli import main
 from elastic_pl.config import ConfigError, load_config
 from elastic_pl.train import fit, latest_checkpoint
-from tests.pipeline_config import tiny_overrides
+from tests.pipeline_config import logged_train_steps, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,12 +86,13 @@ def test_epoch_wall_time_logged(trained):
 
 
 class _Interrupt(L.Callback):
-    """Simulates a crash after ``at`` optimizer steps."""
+    """Simulates a crash (preemption, time limit) once ``at`` optimizer steps ran, before the next
+    one (after any validation that ended step ``at``'s epoch)."""
 
     def __init__(self, at: int):
         self.at = at
 
-    def on_train_batch_end(self, trainer, *args):
+    def on_train_batch_start(self, trainer, *args):
         if trainer.global_step >= self.at:
             raise RuntimeError("simulated crash")
 
@@ -127,23 +128,6 @@ def test_resume_after_interruption_continues_step_and_wandb_run(trained):
     assert list((run / "wandb").glob(f"offline-run-*-{run_id.strip()}"))
 
 
-def _logged_train_steps(run: Path) -> list[list[int]]:
-    """The ``step`` of every train/loss row, one list per launch (``csv/fit-<time>``), oldest first."""
-    return [[int(r["step"]) for r in csv.DictReader(open(f)) if r.get("train/loss")]
-            for f in sorted((run / "csv").glob("fit-*/metrics.csv"))]
-
-
-class _CrashBeforeStep(L.Callback):
-    """Simulates a crash (preemption, time limit) just before optimizer step ``at`` runs."""
-
-    def __init__(self, at: int):
-        self.at = at
-
-    def on_train_batch_start(self, trainer, *args):
-        if trainer.global_step >= self.at:
-            raise RuntimeError("simulated crash")
-
-
 @pytest.mark.parametrize("how", ["crash", "max_steps"])
 def test_resume_from_epoch_end_checkpoint_logs_every_step_once(trained, how):
     # the newest checkpoint is last.ckpt, written after epoch 0's validation (step 4). With
@@ -154,12 +138,12 @@ def test_resume_from_epoch_end_checkpoint_logs_every_step_once(trained, how):
     base = overrides + [f"run.run_id=epoch-end-{how}", "trainer.max_epochs=100"]
     if how == "crash":
         with pytest.raises(RuntimeError, match="simulated crash"):
-            fit(load_config(None, base + ["trainer.max_steps=8"]), callbacks=[_CrashBeforeStep(at=4)])
+            fit(load_config(None, base + ["trainer.max_steps=8"]), callbacks=[_Interrupt(at=4)])
     else:  # a finished run extended
         fit(load_config(None, base + ["trainer.max_steps=4"]))
     result = fit(load_config(None, base + ["trainer.max_steps=8"]))
     assert result.trainer.global_step == 8
-    assert _logged_train_steps(Path(result.run_dir)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert logged_train_steps(result.run_dir) == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 class _NoImprovementAfterFirstEpoch(L.Callback):

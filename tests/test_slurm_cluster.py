@@ -8,7 +8,6 @@ host (Lightning would otherwise resolve the node name "n1"). W&B offline (WANDB_
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.pipeline_config import tiny_overrides
+from tests.pipeline_config import logged_train_steps, tiny_overrides
 
 pytestmark = pytest.mark.slurm
 
@@ -103,17 +102,6 @@ def _submit_train(cluster, tiny, run_dir: Path, nodes: int, tasks_per_node: int,
     return job, log
 
 
-def _train_steps(metrics_csv: Path) -> list[int]:
-    """The ``step`` of every training row (train/loss logged every step) of one launch."""
-    with open(metrics_csv) as f:
-        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
-
-
-def _launches(run_dir: Path) -> list[Path]:
-    """One CSV log per launch of fit, oldest first (``csv/fit-<time>/metrics.csv``)."""
-    return sorted((run_dir / "csv").glob("fit-*/metrics.csv"))
-
-
 @pytest.fixture(scope="module")
 def trained_2x2(slurm_cluster, tiny, tmp_path_factory):
     """One 2-node x 2-task training job with slurm/train_multinode.sh (shared by two tests)."""
@@ -138,8 +126,7 @@ def test_two_nodes_two_tasks_world_size_4(trained_2x2, tiny):
     assert summary["test"]["test/count"] == tiny["manifest"]["num_users"], summary
     assert 0.0 <= summary["test"]["test/ndcg@10"] <= 1.0
     assert Path(summary["best_checkpoint"]).is_file()
-    (launch,) = _launches(run_dir)
-    assert _train_steps(launch) == list(range(MAX_STEPS))
+    assert logged_train_steps(run_dir) == [list(range(MAX_STEPS))]  # one launch, every step once
     text = log.read_text()
     assert "Initializing distributed: GLOBAL_RANK: 3, MEMBER: 4/4" in text, text[-3000:]
     print(f"2x2 job {trained_2x2['job']}: {trained_2x2['seconds']:.1f}s from sbatch to COMPLETED")
@@ -237,7 +224,7 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm_cluster, tiny, tmp_path)
 
     # CSV logs of the two launches: the first ran steps 0..k-1 and stopped at its checkpoint, the
     # second starts at step k and runs to the end: every step exactly once
-    first, second = (_train_steps(f) for f in _launches(run_dir))
+    first, second = logged_train_steps(run_dir)
     assert first == list(range(k)), first
     assert second == list(range(k, max_steps)), second
     summary = json.loads((run_dir / "test_metrics.json").read_text())
