@@ -12,14 +12,18 @@ The DataLoader gets ``batch_size=None``: batches are built in the workers (numpy
 which is far cheaper than one collate call per sample.
 """
 import signal
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional
 
 import lightning as L
+import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
+from data_pipeline import splits
 from data_pipeline.manifest import load_manifest, resolve_urls, verify_checksums
-from data_pipeline.sharding import EvalDataset, ShardReadError, TrainDataset, check_rank
+from data_pipeline.sharding import EvalDataset, ShardReadError, TrainDataset, check_rank, user_lengths
 
 SEEN_WINDOWS = ("history", "input")
 MP_CONTEXTS = ("fork", "spawn", "forkserver")
@@ -33,7 +37,12 @@ class LoaderConfig:
     eval_batch_size: int = 256
     num_workers: int = 2
     shuffle_buffer: int = 10000  # users; memory ~ shuffle_buffer * (max_len + 1) * 4 bytes per worker
-    steps_per_epoch: Optional[int] = None  # per rank; default ceil(num_users / (batch_size * world_size))
+    steps_per_epoch: Optional[int] = None  # per rank; default: one pass over the users (or their tokens)
+    # Token-budget batches (docs/DATA_LOADER.md): at most max_tokens padded positions per batch,
+    # rows of similar length together; batch_size / eval_batch_size are then unused.
+    max_tokens: Optional[int] = None
+    truncate_to_budget: bool = False  # a user longer than max_tokens: error (False) or cut to its last items
+    bucket_pool: int = 32  # batches' worth of training windows sorted together by length (more: fuller, less mixed)
     seed: int = 0
     seen_window: str = "history"  # what `seen` (filter_seen) holds: whole "history" or the "input" window
     urls: Optional[List[str]] = None  # shard URLs (pipe:/http/s3...) in manifest order, overriding data_dir
@@ -46,11 +55,13 @@ class LoaderConfig:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("max_len", "batch_size", "eval_batch_size", "shuffle_buffer"):
+        for name in ("max_len", "batch_size", "eval_batch_size", "shuffle_buffer", "bucket_pool"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LoaderConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"LoaderConfig.num_workers must be >= 0, got {self.num_workers}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"LoaderConfig.max_tokens must be >= 1 or None, got {self.max_tokens}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"LoaderConfig.steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
         if self.seen_window not in SEEN_WINDOWS:
@@ -63,17 +74,49 @@ class LoaderConfig:
 
 
 class _EpochLoader(DataLoader):
-    """Tells the dataset which epoch starts (for its RNG) before the workers copy it."""
+    """Tells the dataset which epoch starts (for its RNG) before the workers copy it, and after a
+    resume how many of that epoch's batches were already trained.
 
-    def __init__(self, *args, epoch_fn=None, **kwargs):
+    Lightning saves ``state_dict()`` in every checkpoint (the SIGUSR1 ``hpc_ckpt`` included) and
+    calls ``load_state_dict`` before a resumed fit's first iteration. ``progress_fn`` gives
+    ``(epoch, batches trained in it)`` from the trainer's own counters at save time: the loader
+    itself has already fetched ahead (prefetching), so its own count would be off."""
+
+    def __init__(self, *args, epoch_fn=None, progress_fn=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._epoch_fn, self._started = epoch_fn, 0
+        self._epoch_fn, self._progress_fn, self._started = epoch_fn, progress_fn, 0
+        self._resume: Optional[dict] = None
 
     def __iter__(self):
-        epoch = self._epoch_fn() if self._epoch_fn is not None else None
-        self.dataset.set_epoch(self._started if epoch is None else epoch)
+        if self._resume is not None:
+            # the checkpoint's position, not the trainer's epoch: Lightning may start this iterator
+            # before it restores its own counters (see ElasticDataModule.state_dict)
+            epoch, skip = self._resume["epoch"], self._resume["batches"]
+            if skip >= len(self.dataset):  # saved at the epoch's end: the next one starts
+                epoch, skip = epoch + 1, 0
+            self._resume = None
+        else:
+            epoch = self._epoch_fn() if self._epoch_fn is not None else None
+            epoch, skip = (self._started if epoch is None else epoch), 0
+        self.dataset.set_epoch(epoch, skip)
         self._started += 1
         return super().__iter__()
+
+    def _layout(self) -> dict:
+        d = self.dataset
+        return {"steps": d.steps, "num_workers": self.num_workers, "seed": d.seed, "rank": d.rank,
+                "world_size": d.world_size, "max_tokens": d.max_tokens, "batch_size": d.batch_size}
+
+    def state_dict(self) -> dict:
+        epoch, batches = self._progress_fn() if self._progress_fn is not None else (max(self._started - 1, 0), 0)
+        return {"epoch": int(epoch), "batches": int(batches), **self._layout()}
+
+    def load_state_dict(self, state: dict) -> None:
+        changed = {k: (state.get(k), v) for k, v in self._layout().items() if state.get(k) != v}
+        if changed:
+            warnings.warn(f"training data layout differs from the checkpoint's ({changed}, as (saved, now)): "
+                          f"the resumed epoch {state.get('epoch')} continues with different batches", stacklevel=2)
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
 
 def ignore_preemption_signal(worker_id: int) -> None:
@@ -101,6 +144,9 @@ class ElasticDataModule(L.LightningDataModule):
         self.manifest = load_manifest(cfg.data_dir)
         self.urls = resolve_urls(self.manifest, cfg.urls)
         self._checked = False
+        self._lengths: Optional[np.ndarray] = None
+        self._train_loader: Optional[_EpochLoader] = None
+        self._train_state: Optional[dict] = None  # restored from a checkpoint, for the next loader
 
     @property
     def num_items(self) -> int:
@@ -111,10 +157,43 @@ class ElasticDataModule(L.LightningDataModule):
         return self.manifest.num_users
 
     @property
+    def window_len(self) -> int:
+        """Longest model input: ``max_len``, or ``max_tokens`` where that is smaller (only with
+        ``truncate_to_budget``; otherwise a longer user is an error, see :meth:`lengths`)."""
+        c = self.cfg
+        return c.max_len if c.max_tokens is None else min(c.max_len, c.max_tokens)
+
+    def lengths(self) -> np.ndarray:
+        """Every user's sequence length in slot order (one pass over the shards, then cached).
+        With ``max_tokens``, a user whose model input would not fit the budget is an error naming
+        it, unless ``truncate_to_budget``."""
+        if self._lengths is None:
+            lengths, users = user_lengths(self.urls, self.manifest.shard_users, self.num_items)
+            c = self.cfg
+            if c.max_tokens is not None and not c.truncate_to_budget and len(lengths):
+                longest = int(np.argmax(lengths))
+                need = min(int(lengths[longest]) - 1, c.max_len)  # the test input (validation's is shorter)
+                if need > c.max_tokens:
+                    raise ValueError(
+                        f"{self.cfg.data_dir}: user {int(users[longest])} has {int(lengths[longest])} events, so its "
+                        f"model input of {need} items exceeds data.loader.max_tokens={c.max_tokens}; raise "
+                        "data.loader.max_tokens, lower data.loader.max_len, or set "
+                        "data.loader.truncate_to_budget=true to cut such users to their last max_tokens items")
+            self._lengths = lengths
+        return self._lengths
+
+    @property
     def steps_per_epoch(self) -> int:
-        if self.cfg.steps_per_epoch is not None:
-            return self.cfg.steps_per_epoch
-        return max(1, -(-self.num_users // (self.cfg.batch_size * self.world_size)))
+        """Per rank: the configured value, else about one pass over the users (``batch_size``) or
+        over their training tokens (``max_tokens``: real input positions / budget)."""
+        c = self.cfg
+        if c.steps_per_epoch is not None:
+            return c.steps_per_epoch
+        if c.max_tokens is None:
+            return max(1, -(-self.num_users // (c.batch_size * self.world_size)))
+        train = np.minimum(splits.train_lengths(self.lengths()), self.window_len + 1)
+        tokens = int(np.maximum(train[train >= 2] - 1, 0).sum())
+        return max(1, -(-tokens // (c.max_tokens * self.world_size)))
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.trainer is not None:
@@ -126,19 +205,24 @@ class ElasticDataModule(L.LightningDataModule):
 
     def train_dataset(self) -> TrainDataset:
         c, m = self.cfg, self.manifest
-        return TrainDataset(self.urls, m.shard_users, m.num_items, max_len=c.max_len, batch_size=c.batch_size,
+        return TrainDataset(self.urls, m.shard_users, m.num_items, max_len=self.window_len, batch_size=c.batch_size,
                             shuffle_buffer=c.shuffle_buffer, steps=self.steps_per_epoch, seed=c.seed,
-                            rank=self.rank, world_size=self.world_size)
+                            rank=self.rank, world_size=self.world_size, max_tokens=c.max_tokens,
+                            bucket_pool=c.bucket_pool)
 
     def eval_dataset(self, split: str) -> EvalDataset:
         c, m = self.cfg, self.manifest
-        return EvalDataset(split, self.urls, m.shard_users, m.num_items, max_len=c.max_len,
+        return EvalDataset(split, self.urls, m.shard_users, m.num_items, max_len=self.window_len,
                            batch_size=c.eval_batch_size, seen_window=c.seen_window, rank=self.rank,
-                           world_size=self.world_size)
+                           world_size=self.world_size, max_tokens=c.max_tokens,
+                           lengths=self.lengths() if c.max_tokens is not None else None)
 
     def _loader_kwargs(self) -> dict:
         c = self.cfg
-        kwargs = dict(batch_size=None, num_workers=c.num_workers, pin_memory=c.pin_memory)
+        # own generator: creating worker iterators must not draw from the global torch RNG, which
+        # dropout and negative sampling use (a resumed run would otherwise diverge)
+        kwargs = dict(batch_size=None, num_workers=c.num_workers, pin_memory=c.pin_memory,
+                      generator=torch.Generator().manual_seed(c.seed))
         if c.num_workers > 0:
             kwargs.update(multiprocessing_context=c.multiprocessing_context, persistent_workers=c.persistent_workers,
                           worker_init_fn=ignore_preemption_signal)
@@ -147,8 +231,32 @@ class ElasticDataModule(L.LightningDataModule):
     def _trainer_epoch(self) -> Optional[int]:
         return int(self.trainer.current_epoch) if self.trainer is not None else None
 
+    def _trainer_progress(self) -> tuple[int, int]:
+        """(epoch, its batches whose optimizer step ran): Lightning's counters."""
+        loop = self.trainer.fit_loop
+        return int(self.trainer.current_epoch), int(loop.epoch_loop.batch_progress.current.processed)
+
     def train_dataloader(self) -> DataLoader:
-        return _EpochLoader(self.train_dataset(), epoch_fn=self._trainer_epoch, **self._loader_kwargs())
+        progress = self._trainer_progress if self.trainer is not None else None
+        self._train_loader = _EpochLoader(self.train_dataset(), epoch_fn=self._trainer_epoch, progress_fn=progress,
+                                          **self._loader_kwargs())
+        if self._train_state is not None:
+            self._train_loader.load_state_dict(self._train_state)
+            self._train_state = None
+        return self._train_loader
+
+    # Lightning saves these in every checkpoint and restores them before a resumed fit. The loader
+    # is also ``_Stateful`` to Lightning, but Lightning (2.6) applies a loader's saved state only if
+    # it builds the loader after restoring, and ``estimated_stepping_batches`` (the LR schedule)
+    # builds it before: so the datamodule carries the state itself.
+    def state_dict(self) -> dict:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_state = state.get("train_loader")
+        if self._train_state is not None and self._train_loader is not None:
+            self._train_loader.load_state_dict(self._train_state)
+            self._train_state = None
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.eval_dataset("valid"), **self._loader_kwargs())

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import IterableDataset
 from webdataset.tariterators import tarfile_samples
 
-from data_pipeline import splits
+from data_pipeline import batching, splits
 from data_pipeline.shards import UserBlock, decode_block
 
 
@@ -130,6 +130,19 @@ def read_blocks(url: str, expected_users: int | None = None, num_items: int | No
                              "(truncated shard, or manifest does not match shards)")
 
 
+def user_lengths(urls: Sequence[str], shard_users: Sequence[int], num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lengths, users)`` of every user in global slot order (one pass over the shards), for
+    token-budget planning."""
+    lengths, users = [], []
+    for url, n in zip(urls, shard_users):
+        for block in read_blocks(url, n, num_items):
+            lengths.append(np.diff(block.offsets))
+            users.append(block.users)
+    if not lengths:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(lengths).astype(np.int64), np.concatenate(users).astype(np.int64)
+
+
 def chunked(rows: Iterator, sizes: Sequence[int]) -> Iterator[list]:
     """Cut ``rows`` into consecutive lists of the given sizes; error if it runs out early."""
     for size in sizes:
@@ -149,32 +162,61 @@ class TrainDataset(IterableDataset):
     Each (rank, worker) draws shards with replacement from its own RNG (seed, epoch, rank, worker),
     takes one random window per eligible user per shard visit and shuffles windows in a buffer of
     ``shuffle_buffer`` users. Works with any number of shards, even fewer than ranks x workers.
+    Batches hold ``batch_size`` windows, or with ``max_tokens`` as many windows of similar length
+    as fit ``rows x longest <= max_tokens`` (see ``batching``).
+
+    Mid-epoch resume: ``set_epoch(epoch, skip)`` makes the next iteration continue the epoch
+    after its first ``skip`` batches, exactly as an uninterrupted one would have gone on. Each
+    worker's stream is a function of (seed, epoch, rank, worker role), so a worker replays its role's
+    skipped batches without collating them. The DataLoader takes batch ``g`` from worker ``g % W``;
+    continuing at ``skip`` the workers' roles are rotated by ``skip % W`` so that the first batch
+    after the resume comes from the role that would have produced it.
     """
 
     def __init__(self, urls: Sequence[str], shard_users: Sequence[int], num_items: int, *, max_len: int,
-                 batch_size: int, shuffle_buffer: int, steps: int, seed: int, rank: int, world_size: int):
+                 batch_size: int, shuffle_buffer: int, steps: int, seed: int, rank: int, world_size: int,
+                 max_tokens: int | None = None, bucket_pool: int = 32):
         check_rank(rank, world_size)
         if len(urls) != len(shard_users):
             raise ValueError(f"{len(urls)} urls for {len(shard_users)} shards")
         self.urls, self.shard_users, self.num_items = list(urls), list(shard_users), num_items
         self.max_len, self.batch_size, self.shuffle_buffer = max_len, batch_size, shuffle_buffer
         self.steps, self.seed, self.rank, self.world_size = steps, seed, rank, world_size
+        self.max_tokens, self.bucket_pool = max_tokens, bucket_pool
+        if max_tokens is not None and max_len > max_tokens:
+            raise ValueError(f"max_len={max_len} > max_tokens={max_tokens}: a window would not fit a batch")
         self.epoch = 0  # set in the main process before each epoch (see datamodule._EpochLoader)
+        self.skip = 0  # batches of this epoch already trained (a resumed epoch)
         self._iterations = 0  # epochs started by this copy since set_epoch (persistent workers never see it)
 
     def __len__(self) -> int:
         return self.steps
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._iterations = epoch, 0
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        if not 0 <= skip <= self.steps:
+            raise ValueError(f"cannot skip {skip} batches of an epoch of {self.steps}")
+        self.epoch, self.skip, self._iterations = epoch, skip, 0
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = current_worker()
-        rng = worker_rng(self.seed, self.epoch + self._iterations, self.rank, worker)
+        skip = self.skip if self._iterations == 0 else 0  # only the epoch that was resumed
+        role = (worker + skip) % num_workers
+        rng = worker_rng(self.seed, self.epoch + self._iterations, self.rank, role)
         self._iterations += 1
+        batches = self._batches(rng)
+        for _ in range(train_steps_for_worker(skip, role, num_workers)):
+            next(batches)
+        for _ in range(train_steps_for_worker(self.steps, role, num_workers) - train_steps_for_worker(skip, role, num_workers)):
+            yield splits.collate_train(next(batches))
+
+    def _batches(self, rng: np.random.Generator) -> Iterator[list]:
+        """Endless lists of windows, one per batch (not yet collated)."""
         windows = self._shuffled(self._windows(rng), np.random.default_rng(rng.integers(2**63)))
-        for _ in range(train_steps_for_worker(self.steps, worker, num_workers)):
-            yield splits.collate_train([next(windows) for _ in range(self.batch_size)])
+        if self.max_tokens is None:
+            while True:
+                yield [next(windows) for _ in range(self.batch_size)]
+        yield from batching.budget_batches(windows, self.max_tokens, self.bucket_pool,
+                                           np.random.default_rng(rng.integers(2**63)), length=lambda w: len(w) - 1)
 
     def _windows(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
         """Endless training windows (copies, so the buffer does not pin whole blocks)."""
@@ -214,43 +256,93 @@ class EvalDataset(IterableDataset):
     ``splits.EVAL_SPLITS``: every user exactly once over all ranks and workers, the same number of
     batches on every rank (:func:`eval_share`). Users without a history for the split and padding
     rows are ``valid=False`` with ``user=-1``. ``seen_window`` "history": ``seen`` is the whole
-    history; "input": the model's input window."""
+    history; "input": the model's input window.
+
+    With ``max_tokens`` (and ``lengths``, every user's sequence length in slot order) a rank's
+    slots are cut into token-budget batches instead (``batching.plan_eval_batches``), the same
+    number on every rank (one-row padding batches make up the difference); a rank's batches are
+    split contiguously over its workers."""
 
     def __init__(self, split: str, urls: Sequence[str], shard_users: Sequence[int], num_items: int, *, max_len: int,
-                 batch_size: int, seen_window: str, rank: int, world_size: int):
+                 batch_size: int, seen_window: str, rank: int, world_size: int, max_tokens: int | None = None,
+                 lengths: np.ndarray | None = None):
         if split not in splits.EVAL_SPLITS:
             raise ValueError(f"split must be one of {splits.EVAL_SPLITS}, got {split!r}")
         check_rank(rank, world_size)
         self.split, self.urls, self.shard_users, self.num_items = split, list(urls), list(shard_users), num_items
         self.num_users, self.max_len, self.batch_size = sum(self.shard_users), max_len, batch_size
         self.seen_window, self.rank, self.world_size = seen_window, rank, world_size
+        self.plan = None if max_tokens is None else self._plan(lengths, max_tokens)
+
+    def _plan(self, lengths: np.ndarray | None, max_tokens: int) -> tuple[list[np.ndarray], int]:
+        """(this rank's batches as slot arrays, batches every rank runs)."""
+        if lengths is None or len(lengths) != self.num_users:
+            raise ValueError("token-budget evaluation needs every user's length")
+        held = splits.held_out(self.split)
+        rows = np.where(lengths >= held + 1, np.minimum(lengths - held, self.max_len), 1)  # pad row: 1 item
+        counts, mine = [], None
+        for r in range(self.world_size):
+            lo, hi = split_range(self.num_users, self.world_size, r)
+            plan = batching.plan_eval_batches(rows[lo:hi], lo, max_tokens)
+            counts.append(len(plan))
+            if r == self.rank:
+                mine = plan
+        return mine, max(max(counts), 1)
 
     def __len__(self) -> int:
+        if self.plan is not None:
+            return self.plan[1]
         return eval_batches_per_rank(self.num_users, self.world_size, self.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = current_worker()
+        if self.plan is not None:
+            yield from self._budget_batches(worker, num_workers)
+            return
         share = eval_share(self.num_users, self.rank, self.world_size, worker, num_workers, self.batch_size)
-        for rows in chunked(self._rows(share), share.batch_sizes()):
-            yield splits.collate_eval(*zip(*rows))
+        rows = itertools.chain(self._rows(share.slot_start, share.slot_end),
+                               itertools.repeat(_PAD, share.rows - share.real_rows))
+        for chunk in chunked(rows, share.batch_sizes()):
+            yield splits.collate_eval(*zip(*chunk))
 
-    def _rows(self, share: EvalShare) -> Iterator[tuple]:
-        for shard, first in overlapping_shards(self.shard_users, share.slot_start, share.slot_end):
+    def _budget_batches(self, worker: int, num_workers: int) -> Iterator[dict]:
+        batches, total = self.plan
+        k0, k1 = split_range(total, num_workers, worker)
+        mine = batches[k0:k1]
+        padding = (k1 - k0) - len(mine)  # this rank's dummy batches that fall to this worker
+        if mine:
+            slots = np.concatenate(mine)
+            needed = set(slots.tolist())
+            rows = self._rows(int(slots.min()), int(slots.max()) + 1)
+            buffered: dict = {}  # rows read ahead: at most one sort window's
+            next_slot = int(slots.min())
+            for batch in mine:
+                while next_slot <= int(batch.max()):
+                    row = next(rows)
+                    if next_slot in needed:
+                        buffered[next_slot] = row
+                    next_slot += 1
+                yield splits.collate_eval(*zip(*(buffered.pop(s) for s in batch.tolist())))
+            rows.close()
+        for _ in range(padding):
+            yield splits.collate_eval(*zip(*[_PAD]))
+
+    def _rows(self, slot_start: int, slot_end: int) -> Iterator[tuple]:
+        """The rows of global slots ``[slot_start, slot_end)`` in order."""
+        for shard, first in overlapping_shards(self.shard_users, slot_start, slot_end):
             shard_end = first + self.shard_users[shard]
             blocks = read_blocks(self.urls[shard], self.shard_users[shard], self.num_items)
             try:
                 pos = first
                 for block in blocks:
-                    lo, hi = max(share.slot_start, pos) - pos, min(share.slot_end, pos + len(block)) - pos
+                    lo, hi = max(slot_start, pos) - pos, min(slot_end, pos + len(block)) - pos
                     for j in range(lo, hi):
                         yield self._row(block.sequence(j), int(block.users[j]))
                     pos += len(block)
-                    if share.slot_end <= pos < shard_end:
+                    if slot_end <= pos < shard_end:
                         break  # the rest of this shard belongs to other workers/ranks
             finally:
                 blocks.close()
-        for _ in range(share.rows - share.real_rows):
-            yield _PAD
 
     def _row(self, seq: np.ndarray, user: int) -> tuple:
         if not splits.eval_eligible(len(seq), self.split):

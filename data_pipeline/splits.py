@@ -27,6 +27,11 @@ _HELD_OUT = {"valid": 2, "test": 1, "predict": 0}
 PAD_ROW_ITEM = 1
 
 
+def held_out(split: str) -> int:
+    """Trailing items ``split`` holds out of a sequence (valid 2, test 1, predict 0)."""
+    return _check_split(split)
+
+
 def _check_split(split: str) -> int:
     if split not in _HELD_OUT:
         raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")

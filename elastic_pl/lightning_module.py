@@ -32,6 +32,8 @@ class ElasticLightningModule(L.LightningModule):
         self.val_metrics = FullRankingMetrics()
         self.test_metrics = FullRankingMetrics()
         self._tokens, self._t0 = 0, None
+        self._positions = 0  # padded positions of the batches behind self._tokens (train/fill)
+        self._val_fill = torch.zeros(2, dtype=torch.float64)  # real, padded positions of validation
         self._epoch_t0 = None  # set when an epoch starts from its beginning
 
     @classmethod
@@ -61,6 +63,7 @@ class ElasticLightningModule(L.LightningModule):
         loss = self.model.loss(hidden, batch["targets"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["items"].shape[0])
         self._tokens += int((batch["items"] != 0).sum())
+        self._positions += batch["items"].numel()
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -71,16 +74,18 @@ class ElasticLightningModule(L.LightningModule):
         if self._t0 is not None:
             tokens_per_s = self._tokens / (now - self._t0) * self.trainer.world_size
             self.log("train/tokens_per_s", tokens_per_s, prog_bar=True)
+        if self._positions:  # real items / padded positions of the batches since the last log
+            self.log("train/fill", self._tokens / self._positions)
         if torch.cuda.is_available() and self.device.type == "cuda":
             self.log("train/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30)
         else:
             import resource
 
             self.log("train/peak_rss_gib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-        self._tokens, self._t0 = 0, now
+        self._tokens, self._positions, self._t0 = 0, 0, now
 
     def on_train_epoch_start(self) -> None:
-        self._tokens, self._t0 = 0, time.perf_counter()
+        self._tokens, self._positions, self._t0 = 0, 0, time.perf_counter()
         self._epoch_t0 = self._t0
 
     def on_train_epoch_end(self) -> None:
@@ -90,6 +95,21 @@ class ElasticLightningModule(L.LightningModule):
         if self._epoch_t0 is not None:
             self.log("train/epoch_time_s", time.perf_counter() - self._epoch_t0)
         self._epoch_t0 = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The RNG that dropout and negative sampling draw from, so a resumed run continues with the
+        same draws as an uninterrupted one (Lightning restores the data loader's position)."""
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng")
+        trainer = self._trainer  # None when loaded for evaluation, export or predict
+        if rng is not None and trainer is not None and trainer.state.fn == "fit":
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     # -- evaluation ---------------------------------------------------------------------------
     def ranks(self, batch: dict) -> torch.Tensor:
@@ -104,12 +124,18 @@ class ElasticLightningModule(L.LightningModule):
         for m in self._memories():
             m.reset_usage()
             m.track_usage = True
+        self._val_fill.zero_()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.val_metrics.update(self.ranks(batch), batch["valid"])
+        self._val_fill += torch.tensor([float((batch["items"] != 0).sum()), float(batch["items"].numel())],
+                                       dtype=torch.float64)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
+        real, padded = self.trainer.strategy.reduce(self._val_fill.to(self.device), reduce_op="sum").tolist()
+        if padded:
+            self.log("val/fill", real / padded, sync_dist=False)
         memories = self._memories()
         for m in memories:
             m.track_usage = False

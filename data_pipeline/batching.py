@@ -1,0 +1,88 @@
+"""Token-budget batches: rows of similar length grouped so that ``rows x longest row <= max_tokens``.
+
+A padded batch costs ``rows x width`` positions whatever its real content, so a fixed number of
+users per batch pays for the longest user of each batch. With ``LoaderConfig.max_tokens`` set,
+batches are cut by a budget of padded positions instead, from rows sorted by length:
+
+* training (:func:`budget_batches`): consecutive windows of the shuffled stream are collected into
+  a pool, sorted by length and cut greedily; the pool's batches are yielded in a random order and
+  the last, unfilled batch is carried into the next pool (nothing is dropped);
+* evaluation (:func:`plan_eval_batches`): a rank's slots are sorted by length within windows of
+  ``sort_window`` consecutive slots and cut greedily; every rank then runs as many batches as the
+  busiest one (the others are padded with one-row dummy batches), so the exact-once split and the
+  equal batch counts of ``sharding`` hold.
+
+:func:`greedy_cut` is the one cutting rule; ``tests/test_batching.py`` checks it against a plain
+per-row loop.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+EVAL_SORT_WINDOW = 8192  # slots sorted together in evaluation: bounds a worker's buffered rows
+
+
+def greedy_cut(sorted_lengths: np.ndarray, max_tokens: int) -> np.ndarray:
+    """Batch boundaries for rows sorted by *ascending* length: ``bounds`` with batch ``j`` =
+    rows ``bounds[j]:bounds[j+1]``, each the longest run with ``rows x longest <= max_tokens``.
+
+    Ascending order makes the last row the longest, so the budget of a run ``[a, b)`` is
+    ``(b - a) * lengths[b - 1]``. Every row must fit alone (``length <= max_tokens``)."""
+    lengths = np.asarray(sorted_lengths, dtype=np.int64)
+    n, a, bounds = len(lengths), 0, [0]
+    while a < n:
+        # no more rows than the shortest (first) one allows; among those, the run ends at the
+        # last row whose (rows so far) x (its length) still fits
+        hi = min(n, a + max(1, max_tokens // max(int(lengths[a]), 1)))
+        ends = np.arange(a + 1, hi + 1)
+        fits = np.flatnonzero((ends - a) * lengths[ends - 1] <= max_tokens)
+        a = int(ends[fits[-1]]) if len(fits) else a + 1
+        bounds.append(a)
+    return np.asarray(bounds, dtype=np.int64)
+
+
+def check_fits(length: int, max_tokens: int, where: str) -> None:
+    if length > max_tokens:
+        raise ValueError(f"{where}: a row of {length} positions exceeds data.loader.max_tokens={max_tokens}")
+
+
+def budget_batches(rows: Iterator[np.ndarray], max_tokens: int, pool_batches: int, rng: np.random.Generator,
+                   length=len) -> Iterator[list]:
+    """Endless token-budget batches (lists of rows) from an endless row stream; ``length(row)`` is
+    a row's padded width (for training windows, inputs = window - 1). A pool holds rows of about
+    ``pool_batches`` full batches: the more rows of each length a pool has, the fuller its batches."""
+    carry: list = []
+    while True:
+        pool, tokens = carry, sum(length(r) for r in carry)
+        while tokens < pool_batches * max_tokens:
+            pool.append(next(rows))
+            tokens += length(pool[-1])
+        lengths = np.fromiter((length(r) for r in pool), dtype=np.int64, count=len(pool))
+        order = np.argsort(lengths, kind="stable")
+        bounds = greedy_cut(lengths[order], max_tokens).tolist()
+        batches = [[pool[i] for i in order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
+        carry = batches.pop() if len(batches) > 1 else []  # the longest rows, maybe too few: next pool
+        for j in rng.permutation(len(batches)).tolist():
+            yield batches[j]
+
+
+def plan_eval_batches(row_lengths: np.ndarray, rank_start: int, max_tokens: int,
+                      sort_window: int = EVAL_SORT_WINDOW) -> list[np.ndarray]:
+    """Token-budget batches of one rank's slots ``rank_start + [0, len(row_lengths))``: a list of
+    global slot arrays, window by window (``sort_window`` consecutive slots), each window's rows
+    sorted by length and cut greedily. Every slot appears in exactly one batch."""
+    out: list[np.ndarray] = []
+    for lo in range(0, len(row_lengths), sort_window):
+        w = np.asarray(row_lengths[lo:lo + sort_window], dtype=np.int64)
+        order = np.argsort(w, kind="stable")
+        bounds = greedy_cut(w[order], max_tokens)
+        out.extend(rank_start + lo + order[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    return out
+
+
+def padded_fill(lengths: Sequence[int]) -> float:
+    """Real positions / padded positions of one batch whose rows have these lengths."""
+    lengths = np.asarray(lengths)
+    return float(lengths.sum()) / float(len(lengths) * max(int(lengths.max()), 1)) if len(lengths) else 1.0
