@@ -62,10 +62,15 @@ def budget_batches(rows: Iterator[np.ndarray], max_tokens: int, pool_batches: in
         lengths = np.fromiter((length(r) for r in pool), dtype=np.int64, count=len(pool))
         order = np.argsort(lengths, kind="stable")
         bounds = greedy_cut(lengths[order], max_tokens).tolist()
-        batches = [[pool[i] for i in order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
-        carry = batches.pop() if len(batches) > 1 else []  # the longest rows, maybe too few: next pool
+        batches = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        # the longest rows, maybe too few to fill a batch, wait for the next pool, but only once:
+        # the longest row of all would otherwise wait forever
+        carried = len(carry)
+        carry = []
+        if len(batches) > 1 and batches[-1].min() >= carried:
+            carry = [pool[i] for i in batches.pop()]
         for j in rng.permutation(len(batches)).tolist():
-            yield batches[j]
+            yield [pool[i] for i in batches[j]]
 
 
 def plan_eval_batches(row_lengths: np.ndarray, rank_start: int, max_tokens: int,

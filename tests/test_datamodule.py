@@ -128,17 +128,21 @@ def test_seen_window_input(coded):
 @pytest.mark.parametrize("world_size", [1, 2, 3, 5])
 @pytest.mark.parametrize("num_workers", [1, 2, 4])
 @pytest.mark.parametrize("num_shards", [1, 3, 7])
-def test_every_eval_user_once_on_any_rank_and_worker_count(tmp_path, monkeypatch, world_size, num_workers, num_shards):
+@pytest.mark.parametrize("max_tokens", [None, 20])
+def test_every_eval_user_once_on_any_rank_and_worker_count(tmp_path, monkeypatch, world_size, num_workers, num_shards,
+                                                           max_tokens):
     seqs = random_sequences(41, 30, min_len=1, max_len=12, seed=num_shards)
     write_shards(str(tmp_path), seqs, num_shards, block_size=3)
     counts, batches_per_rank = Counter(), []
     for rank in range(world_size):
-        ds = make_dm(tmp_path, rank=rank, world_size=world_size, eval_batch_size=4).eval_dataset("valid")
+        ds = make_dm(tmp_path, rank=rank, world_size=world_size, eval_batch_size=4,
+                     max_tokens=max_tokens).eval_dataset("valid")
         n = 0
         for worker in range(num_workers):  # emulate each DataLoader worker of this rank
             monkeypatch.setattr(sharding, "current_worker", lambda w=worker: (w, num_workers))
             for b in ds:
                 counts.update(b["user"][b["valid"]].tolist())
+                assert max_tokens is None or b["items"].numel() <= max_tokens
                 n += 1
         assert n == len(ds)
         batches_per_rank.append(n)

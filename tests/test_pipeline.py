@@ -78,11 +78,16 @@ def test_wandb_offline_run_logged_metrics_read_back(trained):
     assert offline_runs, "no offline W&B run directory with the stored run id"
 
 
-def test_epoch_wall_time_logged(trained):
+def test_epoch_wall_time_and_fill_logged(trained):
     _, _, result = trained
     (fit_log,) = (Path(result.run_dir) / "csv").glob("fit-*/metrics.csv")
-    times = [float(r["train/epoch_time_s"]) for r in csv.DictReader(open(fit_log)) if r.get("train/epoch_time_s")]
+    rows = list(csv.DictReader(open(fit_log)))
+    times = [float(r["train/epoch_time_s"]) for r in rows if r.get("train/epoch_time_s")]
     assert times and all(t > 0 for t in times)
+    for key in ("train/fill", "val/fill"):  # real items / padded positions, logged from the batches
+        fill = [float(r[key]) for r in rows if r.get(key)]
+        assert fill and all(0 < f <= 1 for f in fill), key
+        assert min(fill) < 1  # the tiny set's users differ in length: fixed-size batches pad
 
 
 class _Interrupt(L.Callback):
@@ -192,20 +197,27 @@ def test_every_frozen_config_loads_and_names_its_command(path):
 
 
 def test_ddp_evaluation_equals_single_process(trained, tmp_path):
+    """1 process with fixed-size batches = 2 gloo ranks x 2 workers, with fixed-size and with
+    token-budget batches (every user once, the same metrics)."""
     _, overrides, result = trained
     outs = {}
-    for devices in (1, 2):
-        out = tmp_path / f"eval{devices}.json"
+    for devices, max_tokens in ((1, None), (2, None), (2, 64)):
+        name = f"eval{devices}-{max_tokens}"
+        out = tmp_path / f"{name}.json"
         cmd = [sys.executable, "-m", "elastic_pl", "evaluate", "--checkpoint", result.best_checkpoint,
                "--out", str(out), *overrides, f"trainer.devices={devices}",
                f"trainer.strategy={'ddp' if devices > 1 else 'auto'}", "wandb.enabled=false",
-               f"run.dir={tmp_path}/eval{devices}"]
+               f"run.dir={tmp_path}/{name}", f"data.loader.num_workers={2 if devices > 1 else 0}",
+               f"data.loader.max_tokens={'null' if max_tokens is None else max_tokens}"]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        outs[devices] = json.loads(out.read_text())
-    assert outs[2]["test/count"] == outs[1]["test/count"] == 120
-    for k, v in outs[1].items():
-        assert outs[2][k] == pytest.approx(v, abs=1e-6), k
+        outs[name] = json.loads(out.read_text())
+    single = outs.pop("eval1-None")
+    assert single["test/count"] == 120
+    for name, metrics in outs.items():
+        assert metrics["test/count"] == 120, name
+        for k, v in single.items():
+            assert metrics[k] == pytest.approx(v, abs=1e-6), (name, k)
 
 
 def test_popularity_baseline_counts_training_items_only(tmp_path):
