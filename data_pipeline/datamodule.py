@@ -41,6 +41,7 @@ class LoaderConfig:
     # Token-budget batches (docs/DATA_LOADER.md): at most max_tokens padded positions per batch,
     # rows of similar length together; batch_size / eval_batch_size are then unused.
     max_tokens: Optional[int] = None
+    eval_max_tokens: Optional[int] = None  # evaluation's budget (>= max_tokens: no gradients); default max_tokens
     truncate_to_budget: bool = False  # a user longer than max_tokens: error (False) or cut to its last items
     bucket_pool: int = 32  # batches' worth of training windows sorted together by length (more: fuller, less mixed)
     seed: int = 0
@@ -60,8 +61,14 @@ class LoaderConfig:
                 raise ValueError(f"LoaderConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"LoaderConfig.num_workers must be >= 0, got {self.num_workers}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"LoaderConfig.max_tokens must be >= 1 or None, got {self.max_tokens}")
+        for name in ("max_tokens", "eval_max_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"LoaderConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
+        if self.eval_max_tokens is not None and self.max_tokens is None:
+            raise ValueError("LoaderConfig.eval_max_tokens needs max_tokens (token-budget batches) to be set")
+        if self.eval_max_tokens is not None and self.eval_max_tokens < self.max_tokens:
+            raise ValueError(f"LoaderConfig.eval_max_tokens={self.eval_max_tokens} must be >= max_tokens="
+                             f"{self.max_tokens} (every row that fits training must fit evaluation)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"LoaderConfig.steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
         if self.seen_window not in SEEN_WINDOWS:
@@ -214,7 +221,7 @@ class ElasticDataModule(L.LightningDataModule):
         c, m = self.cfg, self.manifest
         return EvalDataset(split, self.urls, m.shard_users, m.num_items, max_len=self.window_len,
                            batch_size=c.eval_batch_size, seen_window=c.seen_window, rank=self.rank,
-                           world_size=self.world_size, max_tokens=c.max_tokens,
+                           world_size=self.world_size, max_tokens=c.eval_max_tokens or c.max_tokens,
                            lengths=self.lengths() if c.max_tokens is not None else None)
 
     def _loader_kwargs(self) -> dict:
