@@ -8,20 +8,20 @@ batches are cut by a budget of padded positions instead, from rows sorted by len
   a pool, sorted by length and cut greedily; the pool's batches are yielded in a random order and
   the last, unfilled batch is carried into the next pool (nothing is dropped);
 * evaluation (:func:`plan_eval_batches`): a rank's slots are sorted by length within windows of
-  ``sort_window`` consecutive slots and cut greedily; every rank then runs as many batches as the
-  busiest one (the others are padded with one-row dummy batches), so the exact-once split and the
-  equal batch counts of ``sharding`` hold.
+  consecutive slots holding about ``EVAL_POOL_BATCHES`` batches and cut greedily; every rank then
+  runs as many batches as the busiest one (the others are padded with one-row dummy batches), so
+  the exact-once split and the equal batch counts of ``sharding`` hold.
 
 :func:`greedy_cut` is the one cutting rule; ``tests/test_batching.py`` checks it against a plain
 per-row loop.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
-EVAL_SORT_WINDOW = 8192  # slots sorted together in evaluation: bounds a worker's buffered rows
+EVAL_POOL_BATCHES = 64  # evaluation sorts this many batches' worth of consecutive users together
 
 
 def greedy_cut(sorted_lengths: np.ndarray, max_tokens: int) -> np.ndarray:
@@ -74,20 +74,21 @@ def budget_batches(rows: Iterator[np.ndarray], max_tokens: int, pool_batches: in
 
 
 def plan_eval_batches(row_lengths: np.ndarray, rank_start: int, max_tokens: int,
-                      sort_window: int = EVAL_SORT_WINDOW) -> list[np.ndarray]:
+                      pool_batches: int = EVAL_POOL_BATCHES) -> list[np.ndarray]:
     """Token-budget batches of one rank's slots ``rank_start + [0, len(row_lengths))``: a list of
-    global slot arrays, window by window (``sort_window`` consecutive slots), each window's rows
-    sorted by length and cut greedily. Every slot appears in exactly one batch."""
+    global slot arrays, window by window (consecutive slots holding about ``pool_batches`` full
+    batches), each window's rows sorted by length and cut greedily. Every slot appears in exactly
+    one batch."""
+    lengths = np.asarray(row_lengths, dtype=np.int64)
+    ends = np.cumsum(lengths)
     out: list[np.ndarray] = []
-    for lo in range(0, len(row_lengths), sort_window):
-        w = np.asarray(row_lengths[lo:lo + sort_window], dtype=np.int64)
+    lo = 0
+    while lo < len(lengths):
+        before = ends[lo - 1] if lo else 0
+        hi = max(int(np.searchsorted(ends, before + pool_batches * max_tokens, side="right")), lo + 1)
+        w = lengths[lo:hi]
         order = np.argsort(w, kind="stable")
-        bounds = greedy_cut(w[order], max_tokens)
-        out.extend(rank_start + lo + order[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+        bounds = greedy_cut(w[order], max_tokens).tolist()
+        out.extend(rank_start + lo + order[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        lo = hi
     return out
-
-
-def padded_fill(lengths: Sequence[int]) -> float:
-    """Real positions / padded positions of one batch whose rows have these lengths."""
-    lengths = np.asarray(lengths)
-    return float(lengths.sum()) / float(len(lengths) * max(int(lengths.max()), 1)) if len(lengths) else 1.0
