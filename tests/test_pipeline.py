@@ -309,3 +309,18 @@ def test_paired_comparison_recomputes_the_stored_test_metric(trained, tmp_path):
     (copy / "test_metrics.json").write_text(json.dumps(stored))
     with pytest.raises(ValueError, match="differs from the stored"):
         paired.compare([copy], [run], "ndcg@10", resamples=10)
+
+
+def test_frontier_reads_a_real_run(trained, tmp_path):
+    from bench import frontier
+
+    _, _, result = trained
+    run = result.run_dir
+    points = frontier.main(["--run", run, run, "--paired", "--png", str(tmp_path / "f.png"),
+                            "--json", str(tmp_path / "f.json")])
+    p = points[0]
+    assert p["ndcg@10"] == pytest.approx(result.test["test/ndcg@10"]) and p["encoder"] == "elastic"
+    assert p["max_len"] == 32 and p["epochs"] == 1 and p["best_epoch"] == 0
+    assert p["seconds_to_best"] > 0 and p["peak_rss_gib"] > 0
+    assert points[1]["vs_shorter"]["diff"] == 0.0  # a run against itself, through bench.paired
+    assert (tmp_path / "f.png").stat().st_size > 1000
