@@ -173,9 +173,10 @@ def fit(cfg: Config, callbacks: Sequence = ()) -> FitResult:
     save_config(dataclasses.replace(cfg, model=module.model_cfg), directory, trainer)
     resume = latest_checkpoint(directory)
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        # weights_only whatever the environment says (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD): no pickle runs
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+        trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)
     finally:
         summary = finish_wandb(trainer.loggers)
     result = FitResult(str(directory), best, _metrics_of(trainer, "test/"), trainer, summary)

@@ -1,0 +1,43 @@
+"""Checkpoints are loaded with weights_only=True whatever the environment says: a planted pickle
+in a run directory never runs, on resume or anywhere else."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from elastic_pl.cli import main
+from elastic_pl.config import load_config
+from elastic_pl.train import fit, load_module
+from tests.pipeline_config import tiny_overrides
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _plant(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _Payload(str(marker))}, f)
+
+
+def test_planted_last_checkpoint_does_not_run_on_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a user's setting for old checkpoints
+    overrides = tiny_overrides(tmp_path, "run.run_id=planted", "wandb.enabled=false")
+    assert main(["prepare", *overrides]) == 0
+    marker = tmp_path / "pwned"
+    _plant(tmp_path / "runs" / "e2e" / "planted" / "checkpoints" / "last.ckpt", marker)
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+        fit(load_config(None, overrides))
+    assert not marker.exists()
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+        load_module(str(tmp_path / "runs" / "e2e" / "planted" / "checkpoints" / "last.ckpt"))
+    assert not marker.exists()
