@@ -91,20 +91,27 @@ class PrepareConfig:
 
 @dataclass
 class SyntheticConfig:
-    """A learnable synthetic log: Zipf items in clusters, users with drifting interests."""
+    """A learnable synthetic log: Zipf items in clusters, users with interests (see
+    data_pipeline/synthetic.py): ``kind="drift"`` drifting interests, ``kind="longrange"`` stable
+    interests revisited after long gaps plus periodic routines (far history carries signal)."""
 
+    kind: str = "drift"  # drift | longrange
     num_users: int = 10_000
     num_items: int = 50_000
     num_clusters: int = 100  # latent interests (item clusters)
-    interests_per_user: int = 4
+    interests_per_user: int = 4  # drift: interest slots; longrange: stable interests
     mean_length: float = 100.0  # lognormal lengths, clipped to [min_length, max_length]
     length_sigma: float = 1.2
     min_length: int = 3
     max_length: int = 100_000
     zipf_exponent: float = 1.1
     switch_prob: float = 0.1  # per event: the user moves to another of its interests
-    drift: float = 0.05  # per switch: the chosen interest is replaced by a new random cluster
+    drift: float = 0.05  # per switch: the chosen (longrange: short-term) interest becomes a random cluster
     noise_prob: float = 0.05  # per event: an item drawn from global popularity instead
+    revisit_prob: float = 0.5  # longrange, per switch: revisit a stable interest (else short-term)
+    favourites: int = 8  # longrange: a revisit draws uniformly from this many favourites of the interest
+    routine_prob: float = 0.2  # longrange, per event: the next item of the user's routine cycle
+    num_routines: int = 64  # longrange: routine items per user (each returns every ~64/0.2 events)
     tie_prob: float = 0.2  # per event: same timestamp as the previous event
     mean_gap_s: float = 3600.0
     shuffle_rows: bool = True  # shuffle rows inside each row group (interleaved, not user-sorted)
@@ -115,6 +122,7 @@ class SyntheticConfig:
         self.validate()
 
     def validate(self) -> None:
+        _check(self.kind in ("drift", "longrange"), "synthetic.kind", "must be drift or longrange")
         _check(self.num_users >= 1, "synthetic.num_users", "must be >= 1")
         _check(self.num_items >= 2, "synthetic.num_items", "must be >= 2")
         _check(1 <= self.num_clusters <= self.num_items, "synthetic.num_clusters", "must be in 1..num_items")
@@ -124,10 +132,12 @@ class SyntheticConfig:
         _check(self.mean_length > 0, "synthetic.mean_length", "must be > 0")
         _check(self.length_sigma >= 0, "synthetic.length_sigma", "must be >= 0")
         _check(self.zipf_exponent >= 0, "synthetic.zipf_exponent", "must be >= 0")
-        for name in ("switch_prob", "drift", "noise_prob", "tie_prob"):
+        for name in ("switch_prob", "drift", "noise_prob", "tie_prob", "revisit_prob", "routine_prob"):
             _check(0.0 <= getattr(self, name) <= 1.0, f"synthetic.{name}", "must be in [0, 1]")
         _check(self.mean_gap_s > 0, "synthetic.mean_gap_s", "must be > 0")
         _check(self.rows_per_group >= 1, "synthetic.rows_per_group", "must be >= 1")
+        _check(self.num_routines >= 1, "synthetic.num_routines", "must be >= 1")
+        _check(self.favourites >= 1, "synthetic.favourites", "must be >= 1")
 
 
 @dataclass
