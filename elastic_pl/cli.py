@@ -166,6 +166,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         COMMANDS[args.command](cfg, args)
     except Requeued as e:  # SLURM preemption: the requeued job resumes from the saved checkpoint
         print(f"elastic-pl: {e}", file=sys.stderr)
+    except ConfigError as e:  # found once the work started (e.g. a run that trained no step)
+        print(f"elastic-pl: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

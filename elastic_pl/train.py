@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from data_pipeline.datamodule import ElasticDataModule
 
-from .config import Config, to_dict, to_yaml
+from .config import Config, ConfigError, to_dict, to_yaml
 from .lightning_module import ElasticLightningModule
 from .strategies import build_strategy, check_slurm_layout, requeue_callbacks, slurm_plugins
 from .tracking import build_wandb_logger, finish_wandb
@@ -175,6 +175,10 @@ def fit(cfg: Config, callbacks: Sequence = ()) -> FitResult:
     try:
         # weights_only whatever the environment says (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD): no pickle runs
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
+        if trainer.global_step == 0:  # an untrained model's test metrics are no result
+            t = cfg.trainer
+            raise ConfigError(f"no training step ran (trainer.max_epochs={t.max_epochs}, trainer.max_steps="
+                              f"{t.max_steps}, trainer.max_time_minutes={t.max_time_minutes}): nothing to test")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)
     finally:

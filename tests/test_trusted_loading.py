@@ -41,3 +41,12 @@ def test_planted_last_checkpoint_does_not_run_on_resume(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
         load_module(str(tmp_path / "runs" / "e2e" / "planted" / "checkpoints" / "last.ckpt"))
     assert not marker.exists()
+
+
+def test_a_run_that_trained_no_step_reports_no_test_metrics(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = tiny_overrides(tmp_path, "run.run_id=untrained", "wandb.enabled=false", "trainer.max_epochs=0")
+    assert main(["prepare", *overrides]) == 0
+    assert main(["train", *overrides]) == 2
+    assert "no training step ran (trainer.max_epochs=0" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "e2e" / "untrained" / "test_metrics.json").exists()
