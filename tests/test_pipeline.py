@@ -324,3 +324,14 @@ def test_frontier_reads_a_real_run(trained, tmp_path):
     assert p["seconds_to_best"] > 0 and p["peak_rss_gib"] > 0
     assert points[1]["vs_shorter"]["diff"] == 0.0  # a run against itself, through bench.paired
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_fill_bench_on_the_tiny_run(trained):
+    from bench import fill
+
+    _, overrides, _ = trained
+    fixed = fill.measure(None, overrides, None)
+    budget = fill.measure(None, overrides + ["data.loader.max_tokens=128"], None)
+    assert fixed["train"]["batches"] == 4 and budget["train"]["batches"] >= 1
+    assert 0 < fixed["train"]["fill"] < budget["train"]["fill"] <= 1
+    assert budget["valid"]["fill"] > fixed["valid"]["fill"]

@@ -3,6 +3,7 @@ loop over the process definition, and against the generator's own draws), and th
 carries signal that the last 50 events do not."""
 from __future__ import annotations
 
+import json
 import hashlib
 from pathlib import Path
 
@@ -222,3 +223,13 @@ def test_config_validation_names_field():
         SyntheticConfig(kind="longrange", favourites=0)
     with pytest.raises(ValueError, match="synthetic.routine_prob"):
         SyntheticConfig(kind="longrange", routine_prob=1.5)
+
+
+def test_oracle_command_on_a_small_instance(tmp_path):
+    """The command the docs quote, on a small override of the frozen config."""
+    out = tmp_path / "oracle.json"
+    res = oracle.main(["--config", FROZEN, "num_users=200", "mean_length=300", "max_length=2000",
+                       "--window", "50", "--out", str(out)])
+    m = res["metrics"]
+    assert m["full"]["count"] == 200 and m["full"]["ndcg@10"] > m["window-50"]["ndcg@10"]
+    assert json.loads(out.read_text())["metrics"]["full"]["ndcg@10"] == m["full"]["ndcg@10"]
