@@ -111,8 +111,9 @@ class _EpochLoader(DataLoader):
 
     def _layout(self) -> dict:
         d = self.dataset
-        return {"steps": d.steps, "num_workers": self.num_workers, "seed": d.seed, "rank": d.rank,
-                "world_size": d.world_size, "max_tokens": d.max_tokens, "batch_size": d.batch_size}
+        # no rank: rank 0 writes the checkpoint that every rank restores, at the same position
+        return {"steps": d.steps, "num_workers": self.num_workers, "seed": d.seed, "world_size": d.world_size,
+                "max_tokens": d.max_tokens, "batch_size": d.batch_size}
 
     def state_dict(self) -> dict:
         epoch, batches = self._progress_fn() if self._progress_fn is not None else (max(self._started - 1, 0), 0)
