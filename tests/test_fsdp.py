@@ -8,6 +8,7 @@ strategy ``fsdp`` (FSDPStrategy) runs the same scenario when CUDA is there.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from elastic_pl.cli import main
+from elastic_pl.cli import _checkpoint, main
 from elastic_pl.config import ConfigError
 from elastic_pl.train import latest_checkpoint
 from tests.pipeline_config import logged_train_steps, tiny_overrides
@@ -77,8 +78,9 @@ def _sharded_train_resume_evaluate(data: Path, tmp_path: Path, strategy: str, *e
     broken.mkdir()
     (broken / "__0_0.distcp").write_bytes(b"")
     assert latest_checkpoint(run) == last
+    assert main(["evaluate", "--checkpoint", str(broken), *tiny_overrides(data)]) == 2  # a message, exit 2
     with pytest.raises(ConfigError, match="not a complete sharded"):
-        main(["evaluate", "--checkpoint", str(broken), *tiny_overrides(data)])
+        _checkpoint(SimpleNamespace(command="evaluate", checkpoint=str(broken)))
 
 
 def test_fsdp2_cpu_sharded_checkpoint_resume_and_evaluate(data, tmp_path):

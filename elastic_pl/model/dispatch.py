@@ -35,11 +35,8 @@ def combine(a, b):
 
 def _shift(x: torch.Tensor, by: int, fill: float, dim: int = 1) -> torch.Tensor:
     """x shifted by ``by`` along ``dim`` (towards later chunks), the front filled with ``fill``.
-
     The result stays connected to ``x`` in the autograd graph even when everything is shifted
-    out (an empty slice): a batch of at most two chunks then gives the expert queries a zero
-    gradient instead of none, which DDP needs (a parameter without a gradient on one rank leaves
-    the other ranks waiting in the gradient all-reduce forever)."""
+    out (an empty slice), so the expert queries then get a zero gradient rather than none."""
     n = x.shape[dim]
     front = torch.full_like(x.narrow(dim, 0, min(by, n)), fill)
     return torch.cat([front, x.narrow(dim, 0, max(n - by, 0))], dim=dim)
@@ -54,13 +51,17 @@ def prefix_scan(m, z, u):
     return m, z, u
 
 
+def prefix_interests(k: torch.Tensor, v: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """k, v [B, n, H, C, dh] -> [B, n, H, E, dh] fp32: entry j pools chunks 0..j, i.e. it is the
+    history of chunk j + 2. No clamp on z: each partial's largest term is exp(0) = 1, so z >= 1."""
+    m, z, u = prefix_scan(*chunk_partials(k, v, experts))
+    return u / z.unsqueeze(-1)
+
+
 def dispatch(k: torch.Tensor, v: torch.Tensor, experts: torch.Tensor):
     """k, v [B, nC, H, C, dh] -> compressed interests per chunk ([B, nC, H, E, dh] fp32,
     has_history [B, nC] bool). Chunk c sees the prefix through chunk c - 2; chunks 0 and 1
     have no history (zeros)."""
-    m, z, u = prefix_scan(*chunk_partials(k, v, experts))
-    z = _shift(z, 2, 0.0)
-    u = _shift(u, 2, 0.0)
-    has_history = z[:, :, 0, 0] > 0  # same for all heads/experts: some position was pooled
-    interests = u / z.clamp_min(torch.finfo(z.dtype).tiny).unsqueeze(-1)
+    interests = _shift(prefix_interests(k, v, experts), 2, 0.0)
+    has_history = (torch.arange(k.shape[1], device=k.device) >= 2).expand(k.shape[0], -1)
     return interests, has_history

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .dispatch import EMPTY, chunk_partials, combine, dispatch
+from .dispatch import EMPTY, chunk_partials, combine, prefix_interests
 from .memory import ProductKeyMemory
 
 
@@ -45,38 +45,50 @@ class LinearDispatcherAttention(nn.Module):
 
     # -- full sequence ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, N, D] of compacted rows -> [B, N, D]. Works chunk-major ([B, nC, H, C, dh]) so
-        the combine is one 4-D attention call over B * nC chunks (fused SDPA kernels need 4-D)."""
+        """x [B, N, D] of compacted rows -> [B, N, D].
+
+        Positions in chunks 0 and 1 have no history (nothing is older than the previous chunk),
+        so they attend causally over every earlier position: plain causal attention. Chunks
+        c >= 2 always have history and a previous chunk, so they share one constant mask; they
+        run chunk-major ([B, nC - 2, H, C, dh]) as one 4-D attention call over B * (nC - 2)
+        chunks (fused SDPA kernels need 4-D)."""
         B, N, D = x.shape
         C, H, E, dh = self.c, self.h, self.e, self.dh
-        n_chunks = -(-N // C)
-        x = F.pad(x, (0, 0, 0, n_chunks * C - N))
-        q, k, v = self.qkv(x).view(B, n_chunks, C, 3, H, dh).transpose(2, 4).unbind(3)  # [B, nC, H, C, dh]
-        interests, has_history = dispatch(k, v, self.experts)  # [B, nC, H, E, dh], [B, nC]
-        interests = interests.transpose(2, 3).reshape(B, n_chunks, E, D)
-        ke, ve = self.expert_keys_values(interests)  # [B, nC, H, E, dh]
+        if N <= 2 * C:  # no chunk has history; the unused parameters join through the bias
+            return F.linear(self.causal(self.qkv(x)), self.out.weight, self.out.bias + self.unused_zero())
+        n = -(-N // C)
+        if n * C > N:
+            x = F.pad(x, (0, 0, 0, n * C - N))
+        qkv = self.qkv(x)
+        head = self.causal(qkv[:, :2 * C])  # chunks 0 and 1: [B, 2C, D]
+        q, k, v = qkv.view(B, n, C, 3, H, dh).permute(3, 0, 1, 4, 2, 5).unbind(0)  # [B, nC, H, C, dh]
+        # the history of chunk c >= 2 is chunks 0 .. c-2: [B, nC-2, H, E, dh]
+        interests = prefix_interests(k[:, :-2], v[:, :-2], self.experts)
+        ke, ve = self.expert_keys_values(interests.transpose(2, 3).reshape(B, n - 2, E, D))
+        # keys of chunk c: its experts, chunk c - 1, chunk c: [B * (nC-2), H, E + 2C, dh]
+        keys = torch.cat([ke.to(q.dtype), k[:, 1:-1], k[:, 2:]], dim=3).flatten(0, 1)
+        values = torch.cat([ve.to(q.dtype), v[:, 1:-1], v[:, 2:]], dim=3).flatten(0, 1)
+        # experts and the previous chunk in full, the current chunk causally
+        mask = torch.ones(C, E + 2 * C, dtype=torch.bool, device=x.device).tril(E + C)
+        rest = F.scaled_dot_product_attention(q[:, 2:].flatten(0, 1), keys, values, attn_mask=mask)
+        rest = rest.view(B, n - 2, H, C, dh).transpose(2, 3).reshape(B, (n - 2) * C, D)
+        return self.out(torch.cat([head, rest], dim=1)[:, :N])
 
-        def with_previous(t):  # chunks c-1 and c side by side: [B, nC, H, 2C, dh]
-            return torch.cat([F.pad(t, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1], t], dim=3)
+    def causal(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Causal self-attention of qkv [B, L, 3D] -> [B, L, D]."""
+        B, L, _ = qkv.shape
+        q, k, v = qkv.view(B, L, 3, self.h, self.dh).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, L, dh]
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, L, -1)
 
-        keys = torch.cat([ke.to(q.dtype), with_previous(k)], dim=3).flatten(0, 1)  # [B*nC, H, E+2C, dh]
-        values = torch.cat([ve.to(q.dtype), with_previous(v)], dim=3).flatten(0, 1)
-        mask = self.attention_mask(has_history, n_chunks, x.device).flatten(0, 1)  # [B*nC, 1, C, E+2C]
-        out = F.scaled_dot_product_attention(q.flatten(0, 1), keys, values, attn_mask=mask)
-        out = out.view(B, n_chunks, H, C, dh).transpose(2, 3).reshape(B, n_chunks * C, D)[:, :N]
-        return self.out(out)
-
-    def attention_mask(self, has_history: torch.Tensor, n_chunks: int, device) -> torch.Tensor:
-        """[B, nC, 1, C, E+2C] bool: experts if the chunk has history; the previous chunk if it
-        exists; the current chunk causally."""
-        C = self.c
-        i = torch.arange(C, device=device)
-        current = i[None, :] <= i[:, None]  # [C, C]
-        has_prev = torch.arange(n_chunks, device=device) >= 1
-        previous = has_prev[:, None, None].expand(n_chunks, C, C)
-        local = torch.cat([previous, current.expand(n_chunks, C, C)], dim=-1)  # [nC, C, 2C]
-        experts = has_history[:, :, None, None].expand(-1, -1, C, self.e)  # [B, nC, C, E]
-        return torch.cat([experts, local.expand(has_history.shape[0], -1, -1, -1)], dim=-1).unsqueeze(2)
+    def unused_zero(self) -> torch.Tensor:
+        """An exact 0 that depends on every parameter a sequence of <= 2 chunks leaves unused.
+        DDP (find_unused_parameters=False) hangs when a parameter gets no gradient on one rank;
+        through this they get a zero one. Empty slices sum to 0 whatever the values (no NaN
+        from 0 * inf) and cost nothing."""
+        unused = [self.experts, *self.expert_kv.parameters()]
+        if self.memory is not None:
+            unused += self.memory.parameters()
+        return sum(p[:0].sum() for p in unused)
 
     # -- streaming ----------------------------------------------------------------------------
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> dict[str, torch.Tensor]:

@@ -35,17 +35,20 @@ class ProductKeyMemory(nn.Module):
             scores = torch.einsum("mhd,hnd->mhn", q.reshape(-1, 2, self.subkeys.shape[-1]), self.subkeys.float())
         top, idx = scores.topk(self.k, dim=-1)  # [M, 2, k]
         cand = top[:, 0, :, None] + top[:, 1, None, :]  # [M, k, k]
-        cand_idx = idx[:, 0, :, None] * self.n + idx[:, 1, None, :]
         best, pos = cand.flatten(1).topk(self.k, dim=-1)  # [M, k]
-        slots = cand_idx.flatten(1).gather(1, pos)
+        # slot ids of the k winners only, not of all k^2 candidates
+        slots = idx[:, 0].gather(1, pos // self.k) * self.n + idx[:, 1].gather(1, pos % self.k)
         return slots.view(*lead, self.k), torch.softmax(best, dim=-1).view(*lead, self.k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slots, weights = self.lookup(x)
         if self.track_usage:
             self.usage[slots.reshape(-1)] = True
-        read = F.embedding(slots, self.values.weight)  # [..., k, D]
-        return (weights.unsqueeze(-1).to(read.dtype) * read).sum(dim=-2)
+        # The weighted sum of the k slots read, without materialising them ([M, k, D]).
+        values = self.values.weight
+        out = F.embedding_bag(slots.reshape(-1, self.k), values, mode="sum",
+                              per_sample_weights=weights.reshape(-1, self.k).to(values.dtype))
+        return out.view(*slots.shape[:-1], values.shape[-1])
 
     def slots_touched(self) -> int:
         return int(self.usage.sum())
