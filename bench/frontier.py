@@ -48,7 +48,7 @@ def read_run(run: Path) -> dict:
     return {
         "run": str(run), "encoder": cfg.model.encoder, "max_len": int(cfg.data.loader.max_len),
         "max_tokens": cfg.data.loader.max_tokens, "ndcg@10": test["test/ndcg@10"], "hr@10": test["test/hr@10"],
-        "best_epoch": best, "epochs": len(val),
+        "best_epoch": best, "epochs": max(len(epoch_s), max(val) + 1),
         "seconds_to_best": None if missing else sum(epoch_s[e] for e in range(best + 1)),
         "seconds_per_epoch": statistics.median(epoch_s.values()) if epoch_s else None,
         "tokens_per_s": statistics.median(tokens) if tokens else None,
@@ -70,7 +70,7 @@ def table(points: list[dict]) -> str:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    out = ["| model | max_len | test NDCG@10 | HR@10 | vs next shorter (paired 95% CI) | best epoch | s to best | "
+    out = ["| model | max_len | test NDCG@10 | HR@10 | vs next shorter (paired 95% CI) | best epoch / epochs | s to best | "
            "s/epoch | real tokens/s | peak RSS GiB | run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(points, key=lambda p: (p["encoder"], p["max_len"])):
         vs = p.get("vs_shorter")
@@ -82,7 +82,7 @@ def table(points: list[dict]) -> str:
     return "\n".join(out)
 
 
-def plot(points: list[dict], png: Path, title: str) -> None:
+def plot(points: list[dict], png: Path, title: str, hlines: dict[str, float] | None = None) -> None:
     try:
         import matplotlib
 
@@ -98,7 +98,13 @@ def plot(points: list[dict], png: Path, title: str) -> None:
         for p in line:
             ax.annotate(str(p["max_len"]), (p["seconds_to_best"], p["ndcg@10"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log")
+    for name, value in (hlines or {}).items():  # baselines, e.g. popularity
+        ax.axhline(value, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(name, (0.01, value), xycoords=("axes fraction", "data"), textcoords="offset points",
+                    xytext=(0, 3), fontsize=8, color="grey")
+    xs = [p["seconds_to_best"] for p in points if p["seconds_to_best"]]
+    if xs and max(xs) > 3 * min(xs):  # a log axis only where the costs span a range
+        ax.set_xscale("log")
     ax.set_xlabel("training wall seconds to the best validation epoch (one thread)")
     ax.set_ylabel("test NDCG@10 (full ranking)")
     ax.set_title(title)
@@ -116,13 +122,21 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--png", type=Path)
     ap.add_argument("--title", default="")
     ap.add_argument("--json", type=Path, help="write the points as JSON here")
+    ap.add_argument("--hline", action="append", default=[], metavar="NAME=VALUE",
+                    help="a horizontal reference line, e.g. popularity=0.12")
     args = ap.parse_args(argv)
     points = [read_run(r) for r in args.run]
     if args.paired:
         add_paired(points)
     print(table(points))
     if args.png:
-        plot(points, args.png, args.title)
+        hlines = {}
+        for item in args.hline:
+            name, sep, value = item.rpartition("=")
+            if not sep or not name:
+                ap.error(f"--hline {item!r} is not NAME=VALUE")
+            hlines[name] = float(value)
+        plot(points, args.png, args.title, hlines)
     if args.json:
         args.json.write_text(json.dumps(points, indent=2))
     return points

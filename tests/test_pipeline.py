@@ -316,7 +316,7 @@ def test_frontier_reads_a_real_run(trained, tmp_path):
 
     _, _, result = trained
     run = result.run_dir
-    points = frontier.main(["--run", run, run, "--paired", "--png", str(tmp_path / "f.png"),
+    points = frontier.main(["--run", run, run, "--paired", "--png", str(tmp_path / "f.png"), "--hline", "pop=0.01",
                             "--json", str(tmp_path / "f.json")])
     p = points[0]
     assert p["ndcg@10"] == pytest.approx(result.test["test/ndcg@10"]) and p["encoder"] == "elastic"
