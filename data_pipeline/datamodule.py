@@ -180,7 +180,7 @@ class ElasticDataModule(L.LightningDataModule):
             c = self.cfg
             if c.max_tokens is not None and not c.truncate_to_budget and len(lengths):
                 longest = int(np.argmax(lengths))
-                need = min(int(lengths[longest]) - 1, c.max_len)  # the test input (validation's is shorter)
+                need = min(int(lengths[longest]), c.max_len)  # the predict input (test/valid are shorter)
                 if need > c.max_tokens:
                     raise ValueError(
                         f"{self.cfg.data_dir}: user {int(users[longest])} has {int(lengths[longest])} events, so its "

@@ -119,7 +119,7 @@ def test_pool_yields_every_row_once_nothing_dropped():
 
 def test_a_user_longer_than_the_budget_is_an_error_naming_it_or_cut_when_asked(tmp_path):
     seqs = random_sequences(20, 50, min_len=4, max_len=10, seed=1)
-    seqs[7] = np.arange(1, 41, dtype=np.int32)  # 40 events: a test input of 39 items
+    seqs[7] = np.arange(1, 41, dtype=np.int32)  # 40 events: a predict input of 40 items
     write_shards(str(tmp_path), seqs, 2, block_size=4)
     with pytest.raises(ValueError, match=r"user 7 has 40 events.*max_tokens=32.*truncate_to_budget"):
         dm_for(tmp_path, max_len=100, max_tokens=32).train_dataloader()
@@ -127,6 +127,10 @@ def test_a_user_longer_than_the_budget_is_an_error_naming_it_or_cut_when_asked(t
     rows = {int(u): x for b in dm.eval_dataset("test") for u, x in zip(b["user"], b["items"].numpy())}
     np.testing.assert_array_equal(rows[7][rows[7] > 0], np.arange(8, 40))  # the last 32 of its history
     assert all(b["items"].numel() <= 32 for b in dm.train_dataloader())
+    assert all(b["items"].numel() <= 32 for split in ("valid", "predict") for b in dm.eval_dataset(split))
+    dm_for(tmp_path, max_len=100, max_tokens=40).train_dataloader()  # 40 items fit a budget of 40
+    with pytest.raises(ValueError, match="user 7 has 40 events"):  # but not 39: predict reads all 40
+        dm_for(tmp_path, max_len=100, max_tokens=39).train_dataloader()
 
 
 def test_bad_budget_config_names_the_key():
