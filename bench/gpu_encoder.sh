@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# Issue 2's GPU benchmark in one run: ELASTIC vs SASRec-SDPA vs naive attention, D=64, 2 layers,
+# The GPU encoder benchmark in one run: ELASTIC vs SASRec-SDPA vs naive attention, D=64, 2 layers,
 # 131,072 tokens/batch, bf16 autocast, N in {256, 1024, 4096, 16384, 65536}; eager (train + infer)
-# then torch.compile (train; ELASTIC and SDPA, the compiled targets of the issue).
+# then torch.compile (train; ELASTIC and SDPA).
 # Budget: under 5 minutes wall on one H100/H200. Each phase has its own time limit and writes
 # JSON lines as it goes, so a phase cut short still returns what it measured.
 #
-# With the device tool, from the repository root (results come back from $OUT):
-#   run(command="bash bench/gpu_encoder.sh", kind="nvidia-h200", timeout_s=420)
-# Prefer nvidia-h200: naive attention needs ~91 GiB at N=16,384 (the SPEC's anchor), so on an
+# From the repository root: bash bench/gpu_encoder.sh   (results in $OUT, default bench/out)
+# Prefer an H200: naive attention needs ~91 GiB at N=16,384 (measured on an H200), so on an
 # 80 GB H100 it records OOM there and the "ELASTIC memory <= 3% of naive at 16,384" target has
 # no denominator.
 # Needs only torch (+ this repository); no pip install, no network.

@@ -1,6 +1,6 @@
 """Full-ranking evaluation: the target's rank over the whole catalog, and sum-state metrics.
 
-Protocol (SPEC "Evaluation protocol"): every item 1..V of the catalog is scored (no sampled
+Protocol (README "Public datasets"): every item 1..V of the catalog is scored (no sampled
 negatives), items of the user's history other than the target are excluded when ``seen`` is
 given, and ties count against the target (pessimistic rank). Metrics are reduced as sums and a
 user count, so the state is O(1) per rank and the result does not depend on how users are split

@@ -5,7 +5,7 @@
 #       sbatch slurm/evaluate.sh [--out metrics.json] [--split valid] [key=value ...]
 #
 # Multi-GPU evaluation: sbatch --nodes=N --ntasks-per-node=G --gpus-per-node=G slurm/evaluate.sh
-# (every user is evaluated exactly once on any number of ranks; see SPEC.md).
+# (every user is evaluated exactly once on any number of ranks; see docs/DATA_LOADER.md).
 # CKPT: a checkpoint file, or the directory of a sharded one (trainer.strategy=fsdp|fsdp2;
 # consolidated in CPU memory on every rank).
 # Environment: CONFIG, CKPT (required); RUN_DIR (where results go; default: the entry

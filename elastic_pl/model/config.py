@@ -10,7 +10,7 @@ NEGATIVES = ("uniform", "in_batch")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Notation of SPEC.md: V items, D width, H heads, L layers, E experts, C chunk size.
+    """Notation: V items, D width, H heads, L layers, E experts, C chunk size.
 
     ``encoder`` selects ELASTIC (linear dispatcher attention) or the SASRec baselines
     (``sasrec``: causal scaled_dot_product_attention; ``naive``: the same transformer with
