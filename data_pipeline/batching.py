@@ -43,11 +43,6 @@ def greedy_cut(sorted_lengths: np.ndarray, max_tokens: int) -> np.ndarray:
     return np.asarray(bounds, dtype=np.int64)
 
 
-def check_fits(length: int, max_tokens: int, where: str) -> None:
-    if length > max_tokens:
-        raise ValueError(f"{where}: a row of {length} positions exceeds data.loader.max_tokens={max_tokens}")
-
-
 def budget_batches(rows: Iterator[np.ndarray], max_tokens: int, pool_batches: int, rng: np.random.Generator,
                    length=len) -> Iterator[list]:
     """Endless token-budget batches (lists of rows) from an endless row stream; ``length(row)`` is

@@ -155,6 +155,7 @@ class ElasticDataModule(L.LightningDataModule):
         self._lengths: Optional[np.ndarray] = None
         self._train_loader: Optional[_EpochLoader] = None
         self._train_state: Optional[dict] = None  # restored from a checkpoint, for the next loader
+        self._eval_datasets: dict = {}
 
     @property
     def num_items(self) -> int:
@@ -219,11 +220,15 @@ class ElasticDataModule(L.LightningDataModule):
                             bucket_pool=c.bucket_pool)
 
     def eval_dataset(self, split: str) -> EvalDataset:
-        c, m = self.cfg, self.manifest
-        return EvalDataset(split, self.urls, m.shard_users, m.num_items, max_len=self.window_len,
-                           batch_size=c.eval_batch_size, seen_window=c.seen_window, rank=self.rank,
-                           world_size=self.world_size, max_tokens=c.eval_max_tokens or c.max_tokens,
-                           lengths=self.lengths() if c.max_tokens is not None else None)
+        """Kept per (split, rank, world size): its token-budget plan is made once, not every epoch."""
+        key = (split, self.rank, self.world_size)
+        if key not in self._eval_datasets:
+            c, m = self.cfg, self.manifest
+            self._eval_datasets[key] = EvalDataset(
+                split, self.urls, m.shard_users, m.num_items, max_len=self.window_len, batch_size=c.eval_batch_size,
+                seen_window=c.seen_window, rank=self.rank, world_size=self.world_size,
+                max_tokens=c.eval_max_tokens or c.max_tokens, lengths=self.lengths() if c.max_tokens is not None else None)
+        return self._eval_datasets[key]
 
     def _loader_kwargs(self) -> dict:
         c = self.cfg

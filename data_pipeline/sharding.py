@@ -204,9 +204,10 @@ class TrainDataset(IterableDataset):
         rng = worker_rng(self.seed, self.epoch + self._iterations, self.rank, role)
         self._iterations += 1
         batches = self._batches(rng)
-        for _ in range(train_steps_for_worker(skip, role, num_workers)):
+        done = train_steps_for_worker(skip, role, num_workers)
+        for _ in range(done):  # replayed without collating
             next(batches)
-        for _ in range(train_steps_for_worker(self.steps, role, num_workers) - train_steps_for_worker(skip, role, num_workers)):
+        for _ in range(train_steps_for_worker(self.steps, role, num_workers) - done):
             yield splits.collate_train(next(batches))
 
     def _batches(self, rng: np.random.Generator) -> Iterator[list]:

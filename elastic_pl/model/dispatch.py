@@ -56,12 +56,3 @@ def prefix_interests(k: torch.Tensor, v: torch.Tensor, experts: torch.Tensor) ->
     history of chunk j + 2. No clamp on z: each partial's largest term is exp(0) = 1, so z >= 1."""
     m, z, u = prefix_scan(*chunk_partials(k, v, experts))
     return u / z.unsqueeze(-1)
-
-
-def dispatch(k: torch.Tensor, v: torch.Tensor, experts: torch.Tensor):
-    """k, v [B, nC, H, C, dh] -> compressed interests per chunk ([B, nC, H, E, dh] fp32,
-    has_history [B, nC] bool). Chunk c sees the prefix through chunk c - 2; chunks 0 and 1
-    have no history (zeros)."""
-    interests = _shift(prefix_interests(k, v, experts), 2, 0.0)
-    has_history = (torch.arange(k.shape[1], device=k.device) >= 2).expand(k.shape[0], -1)
-    return interests, has_history
