@@ -1,6 +1,6 @@
 """``elastic-pl prepare|train|evaluate|predict|export|demo --config FILE key=value ...``
 
-Every command reads the same config tree (elastic_pl.config): the YAML file, then overrides.
+Every command reads the same config tree (elastic_pl.config): the YAML layers in order, then overrides.
 Config errors are reported before any work starts.
 """
 from __future__ import annotations
@@ -138,7 +138,9 @@ def _checkpoint(args) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="elastic-pl", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=sorted(COMMANDS))
-    p.add_argument("--config", help="YAML config (see configs/); omitted: the embedded laptop default")
+    p.add_argument("--config", action="append", metavar="FILE",
+                   help="YAML config layer (see configs/); repeat to merge several in order, e.g. data, "
+                        "model, recipe")
     p.add_argument("--checkpoint", help="evaluate/predict/export: a checkpoint file (or a sharded checkpoint "
                                         "directory of trainer.strategy=fsdp|fsdp2)")
     p.add_argument("--baseline", choices=["popularity", "transition"],

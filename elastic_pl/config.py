@@ -1,22 +1,25 @@
 """The one typed config tree (OmegaConf structured configs).
 
-A run's config = these dataclass defaults (the laptop default: synthetic logs, CPU, one
-process, W&B offline) <- a YAML file from ``configs/`` <- ``key=value`` overrides. An unknown
-key or a value of the wrong type is an error naming the key and where it came from, raised
-before any work starts. The resolved tree is saved with every run and checkpoint.
+A run's config = these dataclass defaults (no input data; CPU, one process, W&B offline) <- YAML
+layers from ``configs/`` (several ``--config`` files and their ``defaults:`` lists, in order; see
+``config_layers``) <- ``key=value`` overrides. An unknown key or a value of the wrong type is an
+error naming the key and the file it came from, raised before any work starts. The resolved tree,
+with the list of its layers (``run.config_files``), is saved with every run and checkpoint.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence, Union
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from data_pipeline.config import PrepareConfig, SourceConfig, SyntheticConfig
 from data_pipeline.datamodule import LoaderConfig
 
+from .config_layers import LayerError, expand
 from .model.config import ModelConfig
 
 
@@ -30,30 +33,27 @@ class RunConfig:
     experiment: str = "default"
     run_id: Optional[str] = None  # None: a new timestamped id, so a new run
     dir: Optional[str] = None  # overrides root/experiment/run_id (SLURM: stable per experiment)
-    seed: int = 0
-
-
-def _demo_synthetic() -> SyntheticConfig:
-    return SyntheticConfig(num_users=3000, num_items=2000, num_clusters=40, mean_length=60.0,
-                           max_length=1000, seed=0)
+    seed: int = 0  # model init and dropout; also the data order unless data.loader.seed is set
+    config_files: List[str] = field(default_factory=list)  # the YAML layers merged, in order (set by load_config)
 
 
 @dataclass
 class DataConfig:
-    """Defaults: the embedded laptop demo (a small synthetic log). For your own log set
-    ``synthetic: null`` and point ``source`` at it."""
+    """No input by default: a config file names the event log (``source``) and where its shards go
+    (``prepare.output_dir``), or a ``synthetic`` section to generate one (configs/default.yaml)."""
 
-    synthetic: Optional[SyntheticConfig] = field(default_factory=_demo_synthetic)  # set: generate first
-    source: SourceConfig = field(default_factory=lambda: SourceConfig(path="data/demo/events.parquet",
-                                                                       format="parquet"))
-    prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(output_dir="data/demo/shards"))
-    loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(data_dir="${data.prepare.output_dir}"))
+    synthetic: Optional[SyntheticConfig] = None  # set: generate source.path first if it does not exist
+    source: SourceConfig = field(default_factory=SourceConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(data_dir="${data.prepare.output_dir}",
+                                                                       seed="${run.seed}"))
 
 
 @dataclass
 class OptimConfig:
     lr: float = 1e-3
-    weight_decay: float = 0.01  # on weight matrices only (not biases, norms, embeddings)
+    weight_decay: float = 0.01  # on nn.Linear weights only (not embeddings, memory, norms, biases)
+    memory_lr_mult: float = 1.0  # the interest memory's values train at lr * memory_lr_mult
     beta1: float = 0.9
     beta2: float = 0.98
     warmup_steps: int = 100
@@ -123,18 +123,26 @@ def _merge(base, layer, source: str):
         raise ConfigError(f"{source}: bad config key or value '{key}': {msg}") from None
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
-    """Defaults <- YAML file <- ``key=value`` overrides, validated into a typed :class:`Config`."""
+def load_config(paths: Union[None, str, Sequence[str]] = None, overrides: Optional[List[str]] = None) -> Config:
+    """Defaults <- YAML layers (in order, each after its own ``defaults:``) <- ``key=value``
+    overrides, validated into a typed :class:`Config` (see ``config_layers``)."""
+    files = [paths] if isinstance(paths, str) else list(paths or [])
     cfg = OmegaConf.structured(Config)
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        cfg = _merge(cfg, OmegaConf.load(p), str(p))
+    try:
+        layers = expand(files)
+    except LayerError as e:
+        raise ConfigError(str(e)) from None
+    for source, layer in layers:
+        cfg = _merge(cfg, layer, source)
+    cfg.run.config_files = [source for source, _ in layers]
     for item in overrides or []:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"command line: override {item!r} is not of the form key=value")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"command line '{item}'")
+        try:
+            layer = OmegaConf.from_dotlist([item])
+        except (OmegaConfBaseException, ValueError, yaml.YAMLError) as e:
+            raise ConfigError(f"command line '{item}': cannot parse the value ({str(e).splitlines()[0]})") from None
+        cfg = _merge(cfg, layer, f"command line '{item}'")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:

@@ -13,6 +13,7 @@ from .config import EvalConfig, OptimConfig
 from .metrics import FullRankingMetrics, target_ranks
 from .model import ModelConfig, SequentialRecommender
 from .model.memory import ProductKeyMemory
+from .optim_groups import param_groups
 
 
 class ElasticLightningModule(L.LightningModule):
@@ -180,10 +181,8 @@ class ElasticLightningModule(L.LightningModule):
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
         c = self.optim_cfg
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-        other = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
-                                 {"params": other, "weight_decay": 0.0}], lr=c.lr, betas=(c.beta1, c.beta2))
+        groups = param_groups(self.model, c.lr, c.weight_decay, c.memory_lr_mult)
+        opt = torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(c.warmup_steps, total)
 
