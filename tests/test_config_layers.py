@@ -85,3 +85,23 @@ def test_no_input_unless_a_config_names_one():
     assert cfg.data.synthetic is None and cfg.data.source.path == "" and cfg.data.loader.data_dir == ""
     demo = load_config(str(REPO / "configs" / "default.yaml"))
     assert demo.data.synthetic is not None and demo.data.source.path == "data/demo/events.parquet"
+
+
+LAYERS = REPO / "configs"
+
+
+@pytest.mark.parametrize("data", sorted((LAYERS / "data").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_data_layer_composes_with_every_model_and_recipe(data):
+    for model in sorted((LAYERS / "model").glob("*.yaml")):
+        for recipe in sorted((LAYERS / "recipe").glob("*.yaml")):
+            cfg = load_config([str(data), str(model), str(recipe)])
+            assert cfg.model.max_positions == cfg.data.loader.max_len
+            assert cfg.run.config_files == [str(data), str(model), str(recipe)]
+
+
+def test_every_layer_is_used_by_a_frozen_experiment():
+    used = set()
+    for exp in LAYERS.glob("*.yaml"):
+        used.update(load_config(str(exp)).run.config_files)
+    layers = {str(p) for sub in ("data", "model", "recipe") for p in (LAYERS / sub).glob("*.yaml")}
+    assert layers and {str(Path(p).resolve()) for p in layers} <= {str(Path(p).resolve()) for p in used}
