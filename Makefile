@@ -2,6 +2,10 @@
 #   make demo   set up .venv, prepare synthetic logs, train ELASTIC a few minutes on CPU, evaluate
 #   make test   set up .venv and run the test suite
 PY ?= python3
+# make demo DEMO_ARGS='trainer.max_epochs=1 ...': extra key=value overrides for the demo
+DEMO_ARGS ?=
+# make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu: the CPU-only torch build (default: your pip index)
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -11,14 +15,14 @@ $(BIN)/elastic-pl: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 setup: $(BIN)/elastic-pl
 
 demo: setup
-	WANDB_MODE=offline $(BIN)/elastic-pl demo --config configs/default.yaml
+	WANDB_MODE=offline $(BIN)/elastic-pl demo --config configs/default.yaml $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/pytest -q

@@ -37,15 +37,17 @@ def training_item_counts(dm: ElasticDataModule) -> np.ndarray:
     return counts
 
 
-def evaluate_baseline(cfg: Config, dm: ElasticDataModule, split: str, name: str, items: torch.Tensor,
-                      query_of: Callable[[dict], torch.Tensor]) -> dict:
-    """Metrics of scores ``query_of(batch) @ items.T`` over ``split``, through the models' ranking
-    path (``target_ranks``: history filtering as configured, pessimistic ties)."""
+def evaluate_baseline(cfg: Config, dm: ElasticDataModule, split: str, name: str,
+                      inputs_of: Callable[[dict], tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Metrics of scores ``query @ items.T``, ``(query, items) = inputs_of(batch)``, over ``split``,
+    through the models' ranking path (``target_ranks``: history filtering as configured,
+    pessimistic ties)."""
     metrics = FullRankingMetrics()
     dataset = dm.eval_dataset(split)
     for batch in tqdm(dataset, desc=f"{name}/{split}", total=len(dataset)):
         seen = batch["seen"] if cfg.eval.filter_seen else None
-        ranks = target_ranks(query_of(batch), items, batch["target"], seen, cfg.eval.chunk_size)
+        query, items = inputs_of(batch)
+        ranks = target_ranks(query, items, batch["target"], seen, cfg.eval.chunk_size)
         metrics.update(ranks, batch["valid"])
     prefix = "val/" if split == "valid" else "test/"
     return {prefix + k: float(v) for k, v in metrics.compute().items()}
@@ -55,5 +57,5 @@ def evaluate_popularity(cfg: Config, split: str = "test") -> dict:
     dm = ElasticDataModule(cfg.data.loader)
     dm.setup()
     items = torch.from_numpy(training_item_counts(dm)).double()[:, None]  # score = count; query = 1
-    return evaluate_baseline(cfg, dm, split, "popularity", items,
-                             lambda batch: torch.ones(batch["target"].shape[0], 1, dtype=torch.float64))
+    return evaluate_baseline(cfg, dm, split, "popularity",
+                             lambda batch: (torch.ones(batch["target"].shape[0], 1, dtype=torch.float64), items))

@@ -245,23 +245,25 @@ def test_popularity_baseline_counts_training_items_only(tmp_path):
     assert metrics["test/mrr"] == pytest.approx(np.mean(1.0 / np.array(ranks)))
 
 
-def test_transition_baseline_matches_brute_force(tmp_path):
+@pytest.mark.parametrize("params", [None, (1, 2, 0.8, 0.01), (4, 8, 0.3, 0.0)], ids=["default", "p1", "p2"])
+def test_transition_baseline_matches_brute_force(tmp_path, params):
     import numpy as np
 
     from elastic_pl import transition
     from tests.shard_fixtures import random_sequences, write_shards
 
+    p = transition.DEFAULT if params is None else transition.TransitionParams(*params)
     seqs = random_sequences(40, 25, min_len=3, max_len=14, seed=5)
     write_shards(str(tmp_path / "shards"), seqs, num_shards=2, num_items=25)
     cfg = load_config(None, [f"data.loader.data_dir={tmp_path}/shards", "data.loader.num_workers=0"])
-    metrics = transition.evaluate_transition(cfg)
+    metrics = transition.evaluate_transition(cfg, params=p)
     assert metrics["test/count"] == 40
     # brute force: transitions within WINDOW steps over s[:-2], weight 1/distance, row-normalised
     counts = np.zeros((26, 26))
     for s in seqs:
         train = s[:-2]
         for a in range(len(train)):
-            for b in range(a + 1, min(a + transition.WINDOW, len(train) - 1) + 1):
+            for b in range(a + 1, min(a + p.window, len(train) - 1) + 1):
                 counts[train[a], train[b]] += 1.0 / (b - a)
     probs = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-30)
     events = np.bincount(np.concatenate([s[:-2] for s in seqs]), minlength=26)
@@ -269,9 +271,9 @@ def test_transition_baseline_matches_brute_force(tmp_path):
     ranks = []
     for s in seqs:
         history, target = s[:-1], s[-1]
-        score = transition.POP_WEIGHT * shares
-        for k, item in enumerate(history[::-1][: transition.LAST]):
-            score = score + transition.DECAY**k * probs[item]
+        score = p.pop_weight * shares
+        for k, item in enumerate(history[::-1][: p.last]):
+            score = score + p.decay**k * probs[item]
         seen = set(history) - {target}
         better = [j for j in range(1, 26) if j != target and j not in seen and score[j] >= score[target] - 1e-6]
         ranks.append(1 + len(better))
