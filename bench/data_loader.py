@@ -5,7 +5,10 @@ Builds synthetic shards (``data_pipeline.shards`` format + manifest) in a temp d
 
 * per worker: the training/validation dataset iterated in this process (``num_workers=0``),
   i.e. what one DataLoader worker produces;
-* through a DataLoader with ``--workers`` worker processes (includes the transfer to the main process).
+* through a DataLoader with ``--workers`` worker processes (includes the transfer to the main process);
+* the cost of checking shard checksums while reading (``verify_checksums``, on by default): the
+  one-worker training and validation rates with and without it from a cold start (nothing
+  verified yet), measured alternately, best of ``--verify-rounds``.
 
     .venv/bin/python -m bench.data_loader                  # both cases: max_len 200 and 4096
     .venv/bin/python -m bench.data_loader --cases 200 --events 2e6 --seconds 5
@@ -21,10 +24,14 @@ import tempfile
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 
 from data_pipeline.datamodule import ElasticDataModule, LoaderConfig
+from data_pipeline.manifest import FORMAT_VERSION
+from data_pipeline.shard_reader import forget_verified
 from data_pipeline.shards import UserBlock, encode_block
 
 # (max_len, mean events per user, users per tar sample, batch size)
@@ -54,8 +61,11 @@ def write_synthetic(data_dir: str, events: int, mean_len: int, block_users: int,
         with open(os.path.join(data_dir, name), "rb") as f:
             sha = hashlib.sha256(f.read()).hexdigest()
         shards.append({"name": name, "users": int(bounds[k + 1] - bounds[k]), "events": n_events, "sha256": sha})
-    manifest = {"format_version": 1, "num_items": num_items, "num_users": int(len(lengths)),
-                "num_events": int(lengths.sum()), "shards": shards, "source": {"bench": "synthetic"}}
+    ids = np.arange(1, num_items + 1, dtype=np.int64)  # identity item map (the loader checks its rows)
+    pq.write_table(pa.table({"item": ids, "original": ids}), os.path.join(data_dir, "item_map.parquet"))
+    manifest = {"format_version": FORMAT_VERSION, "num_items": num_items, "num_users": int(len(lengths)),
+                "num_events": int(lengths.sum()), "shards": shards, "item_map": "item_map.parquet",
+                "timestamps": False, "source": {"bench": "synthetic"}}
     with open(os.path.join(data_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f)
     return manifest
@@ -77,7 +87,38 @@ def _time(batches, seconds: float) -> tuple[float, float, int]:
     return n_items / dt, n_items / max(dc, 1e-9), n_batches
 
 
-def run_case(max_len: int, events: float, seconds: float, workers: int, tmp: str) -> dict:
+def _cold_cpu_rate(batches, seconds: float) -> float:
+    """Real input items per CPU second from the very first batch (no warm-up: the first visit of
+    each shard, the one that hashes it, is inside the timed window)."""
+    n_items, c0, t0 = 0, time.process_time(), time.perf_counter()
+    for b in batches:
+        n_items += int((b["items"] > 0).sum())
+        if time.perf_counter() - t0 >= seconds:
+            break
+    return n_items / max(time.process_time() - c0, 1e-9)
+
+
+def checksum_cost(cfg: dict, seconds: float, rounds: int) -> dict:
+    """One-worker training rate with and without streaming checksums, as a fresh process starts
+    (nothing verified yet), measured alternately: best of ``rounds`` each, so a neighbour's load
+    hits both alike."""
+    best = {(split, verify): 0.0 for split in ("train", "valid") for verify in (True, False)}
+    for _ in range(rounds):
+        for verify in (True, False):
+            for split in ("train", "valid"):  # a validation pass in fresh workers hashes every shard
+                forget_verified()
+                module = ElasticDataModule(LoaderConfig(num_workers=0, verify_checksums=verify, **cfg))
+                data = module.train_dataset() if split == "train" else module.eval_dataset("valid")
+                best[split, verify] = max(best[split, verify], _cold_cpu_rate(data, seconds))
+    out = {}
+    for split in ("train", "valid"):
+        out |= {f"{split}_events_per_cpu_s_verified": round(best[split, True]),
+                f"{split}_events_per_cpu_s_unverified": round(best[split, False]),
+                f"{split}_verified_over_unverified": round(best[split, True] / best[split, False], 3)}
+    return out
+
+
+def run_case(max_len: int, events: float, seconds: float, workers: int, tmp: str, verify_rounds: int) -> dict:
     mean_len, block_users, batch = CASES[max_len]
     data_dir = os.path.join(tmp, f"len{max_len}")
     os.makedirs(data_dir)
@@ -99,7 +140,8 @@ def run_case(max_len: int, events: float, seconds: float, workers: int, tmp: str
             "train_events_per_s_one_worker": round(train1), "train_events_per_cpu_s_one_worker": round(train1_cpu),
             "train_batches_timed": nb,
             "valid_events_per_s_one_worker": round(valid1), "valid_events_per_cpu_s_one_worker": round(valid1_cpu),
-            f"train_events_per_s_dataloader_{workers}_workers": round(trainw)}
+            f"train_events_per_s_dataloader_{workers}_workers": round(trainw),
+            **(checksum_cost(cfg, seconds, verify_rounds) if verify_rounds else {})}
 
 
 def main() -> None:
@@ -110,6 +152,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tmp", default=None, help="where to build shards (default: a temp dir)")
     p.add_argument("--repeats", type=int, default=1, help="measure each case this many times")
+    p.add_argument("--verify-rounds", type=int, default=3, help="alternate rounds of the checksum cost (0: skip)")
     args = p.parse_args()
     torch.set_num_threads(1)
     info = {"date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(), "torch": torch.__version__,
@@ -121,7 +164,7 @@ def main() -> None:
                 events = args.events or (4e6 if max_len == 200 else 2e7)
                 case_dir = os.path.join(tmp, f"r{r}")
                 os.makedirs(case_dir, exist_ok=True)
-                print(json.dumps(run_case(max_len, events, args.seconds, args.workers, case_dir)), flush=True)
+                print(json.dumps(run_case(max_len, events, args.seconds, args.workers, case_dir, args.verify_rounds)), flush=True)
 
 
 if __name__ == "__main__":

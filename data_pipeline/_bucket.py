@@ -101,8 +101,11 @@ def user_order(user: pa.ChunkedArray, ts: np.ndarray):
 
 
 def write_bucket(stage_dir: str, b: int, item_map_path: str, k: int, user_base: int,
-                 users_per_block: int, shard_max_events: int, parts_dir: str) -> dict:
-    """Sort bucket ``b`` into user sequences and write ``b{b}-p{j}.tar`` parts + a user map part."""
+                 users_per_block: int, shard_max_events: int, parts_dir: str,
+                 ts_per_second: Optional[int] = None) -> dict:
+    """Sort bucket ``b`` into user sequences and write ``b{b}-p{j}.tar`` parts + a user map part.
+    ``ts_per_second``: the staged ``ts`` are timestamps in these ticks, stored as epoch seconds
+    (``ts.npy``); None: ``ts`` is the file order and no timestamps are stored."""
     omap = pq.read_table(item_map_path, columns=["original"]).column("original").combine_chunks()
     table = read_bucket(stage_dir, b)
     dense = dense_items(table.column("item"), omap)
@@ -111,12 +114,14 @@ def write_bucket(stage_dir: str, b: int, item_map_path: str, k: int, user_base: 
         dense = dense_items(table.column("item"), omap)
     if len(dense) and dense.min() == 0:
         raise ValueError(f"bucket {b}: items missing from the item map (stale work dir?)")
+    ts = table.column("ts").to_numpy()
     if table.num_rows == 0:
         order, uniq, lengths = np.zeros(0, np.int64), pa.array([], table.schema.field("user").type), np.zeros(0, np.int64)
     else:
-        order, uniq, lengths = user_order(table.column("user"), table.column("ts").to_numpy())
+        order, uniq, lengths = user_order(table.column("user"), ts)
     items = dense[order]
-    del table, dense, order
+    seconds = None if ts_per_second is None else np.floor_divide(ts[order], ts_per_second)
+    del table, dense, order, ts
     offsets = np.r_[0, np.cumsum(lengths)]
     users = user_base + np.arange(len(uniq), dtype=np.int64)
     parts, writer = [], None
@@ -125,7 +130,8 @@ def write_bucket(stage_dir: str, b: int, item_map_path: str, k: int, user_base: 
         if writer is None:
             writer = ShardWriter(os.path.join(parts_dir, f"b{b:05d}-p{len(parts):05d}.tar"))
         o = offsets[s : e + 1]
-        writer.write_block(f"u{users[s]:012d}", UserBlock(users[s:e], o - o[0], items[o[0] : o[-1]]))
+        block_ts = None if seconds is None else seconds[o[0] : o[-1]]
+        writer.write_block(f"u{users[s]:012d}", UserBlock(users[s:e], o - o[0], items[o[0] : o[-1]], block_ts))
         if writer.events >= shard_max_events:
             parts.append(writer.close())
             writer = None

@@ -1,57 +1,71 @@
 """S3Rec "user per line" text (``user i1 i2 ... in``, chronological) -> (user, item) batches.
 
-Each chunk of lines is checked with one compiled regex per line (C speed), then all tokens of
-the valid lines are parsed at once by numpy. A bad line raises ValueError naming ``file:line``,
-or is dropped and counted in skip mode. Blank lines are ignored.
+Each block of lines is checked with one compiled regex per line (C speed), then all tokens of
+the valid lines are parsed at once by numpy. Bad lines are reported with their line numbers;
+blank lines are ignored. No timestamps: the token order is the order.
 """
 from __future__ import annotations
 
 import re
-from typing import Iterator, Tuple
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from data_pipeline._text import open_binary
+from data_pipeline._text import INT64_MAX, block_bytes, first_lines, iter_blocks
+from data_pipeline.formats.base import BadLine, Chunk
 
-_LINE = re.compile(rb"^\s*[0-9]+(?:[ \t]+[0-9]+)+\s*$")
+_LINE = re.compile(rb"^[ \t]*[0-9]+(?:[ \t]+[0-9]+)+[ \t]*$")
+_LONGEST = len(str(INT64_MAX))
 
 
-def _problem(text: bytes) -> str:
-    toks = text.split()
+def line_problem(line: bytes) -> Optional[str]:
+    """Why a non-blank line is not ``user item...`` (non-negative int64 ids), or None."""
+    toks = line.split()
+    if _LINE.match(line):
+        big = next((t for t in toks if len(t) >= _LONGEST and int(t) > INT64_MAX), None)
+        return None if big is None else f"id {big.decode()} does not fit int64"
     if len(toks) < 2:
         return "a user line needs a user id and at least one item"
     bad = next((t for t in toks if not t.isdigit()), b"")
     return f"token {bad.decode(errors='replace')!r} is not a non-negative integer"
 
 
-def iter_line_batches(path: str, skip_bad: bool, batch_rows: int) -> Iterator[Tuple[pa.RecordBatch, int]]:
-    """Yield ``(batch of user,item, bad lines dropped in it)``; ~batch_rows tokens per batch."""
-    users, items, pending, bad = [], [], 0, 0
-    with open_binary(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            if not _LINE.match(raw):
-                if not skip_bad:
-                    text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                    raise ValueError(f"{path}:{lineno}: {_problem(raw)}: {text[:200]!r}")
-                bad += 1
-                continue
-            toks = raw.split()
-            users.append(toks[0])
-            items.append(toks)
-            pending += len(toks) - 1
-            if pending >= batch_rows:
-                yield _batch(users, items), bad
-                users, items, pending, bad = [], [], 0, 0
-    if users or bad:
-        yield _batch(users, items), bad
+class UserLinesReader:
+    ts_per_second = None
 
+    def __init__(self, src, path: str) -> None:
+        self.path, self.string_ids = path, src.string_ids
+        if not first_lines(path, 1):
+            raise ValueError(f"{path}: empty file: no events")
 
-def _batch(users, lines) -> pa.RecordBatch:
-    lengths = np.fromiter((len(t) - 1 for t in lines), dtype=np.int64, count=len(lines))
-    uid = np.array(users).astype(np.int64) if users else np.zeros(0, np.int64)
-    flat = [tok for toks in lines for tok in toks[1:]]
-    item = np.array(flat).astype(np.int64) if flat else np.zeros(0, np.int64)
-    return pa.RecordBatch.from_arrays([pa.array(np.repeat(uid, lengths)), pa.array(item)], names=["user", "item"])
+    def chunks(self, batch_rows: int, units: Optional[Sequence[int]] = None) -> Iterator[Chunk]:
+        if units is not None:
+            raise ValueError(f"{self.path}: text files are read whole")
+        for first, block in iter_blocks(self.path, block_bytes(batch_rows)):
+            users: List[bytes] = []
+            lines: List[List[bytes]] = []
+            bad: List[BadLine] = []
+            for k, raw in enumerate(block.split(b"\n")[:-1]):
+                line = raw.rstrip(b"\r")
+                if not line:
+                    continue
+                if _LINE.match(line):
+                    toks = line.split()
+                    if max(map(len, toks)) < _LONGEST or all(int(t) <= INT64_MAX for t in toks):
+                        users.append(toks[0])
+                        lines.append(toks)
+                        continue
+                bad.append(BadLine(self.path, first + k, line_problem(line), line.decode("utf-8", errors="replace")))
+            yield Chunk(self._batch(users, lines), bad)
+
+    def _batch(self, users: List[bytes], lines: List[List[bytes]]) -> pa.RecordBatch:
+        lengths = np.fromiter((len(t) - 1 for t in lines), dtype=np.int64, count=len(lines))
+        uid = np.array(users).astype(np.int64) if users else np.zeros(0, np.int64)
+        flat = [tok for toks in lines for tok in toks[1:]]
+        item = np.array(flat).astype(np.int64) if flat else np.zeros(0, np.int64)
+        cols = [pa.array(np.repeat(uid, lengths)), pa.array(item)]
+        if self.string_ids:
+            cols = [pc.cast(c, pa.string()) for c in cols]
+        return pa.RecordBatch.from_arrays(cols, names=["user", "item"])

@@ -72,6 +72,6 @@ def make_plan(src: SourceConfig, cfg: PrepareConfig, work: str, item_map_path: s
     for r in res:
         bases.append(acc)
         acc += r["users"]
-    return {"stage": staged, "k_core_rounds": rounds, "num_items": counts.num_rows, "num_users": acc,
+    return {"stage": staged, "ts_per_second": staged["ts_per_second"], "k_core_rounds": rounds, "num_items": counts.num_rows, "num_users": acc,
             "num_events": sum(r["events"] for r in res), "bucket_users": [r["users"] for r in res],
             "bucket_events": [r["events"] for r in res], "user_base": bases}

@@ -118,16 +118,13 @@ def stage(src: SourceConfig, cfg: PrepareConfig, stage_dir: str, progress: bool 
     counts = np.sum([r["bucket_events"] for r in res], axis=0)
     read = ReadStats()
     for r in res:
-        read.rows += r["read"]["rows"]
-        read.filtered += r["read"]["filtered"]
-        for f, n in r["read"]["bad_by_file"].items():
-            read.add_bad(f, n)
+        read.merge(r["read"])
     if not schemas or counts.sum() == 0:
         what = " after filters" if read.rows else ""
         raise ValueError(f"{src.path}: no events{what} (empty input)")
     schema = schemas.pop()
     return {"read": read.as_dict(), "events": int(counts.sum()), "bucket_events": counts.tolist(),
-            "user_type": schema[0], "item_type": schema[1]}
+            "user_type": schema[0], "item_type": schema[1], "ts_per_second": read.ts_per_second}
 
 
 def read_bucket(stage_dir: str, b: int) -> pa.Table:

@@ -11,7 +11,7 @@ import io
 import os
 import tarfile
 
-from data_pipeline.shards import FIELDS, UserBlock, encode_block
+from data_pipeline.shards import UserBlock, encode_block
 
 
 class _Hashing:
@@ -39,8 +39,9 @@ class ShardWriter:
 
     def write_block(self, key: str, block: UserBlock) -> None:
         sample = encode_block(key, block)
-        for name in FIELDS:
-            data = sample[name]
+        for name, data in sample.items():
+            if name == "__key__":
+                continue
             info = tarfile.TarInfo(f"{key}.{name}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             self._tar.addfile(info, io.BytesIO(data))

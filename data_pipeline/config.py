@@ -9,7 +9,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-FORMATS = ("auto", "parquet", "csv", "tsv", "movielens_dat", "recbole_inter", "sasrec_pairs", "sasrec_lines")
 BAD_LINE_MODES = ("error", "skip")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12,
@@ -43,19 +42,27 @@ class SourceConfig:
     user_col: str = ""
     item_col: str = ""
     ts_col: str = ""  # '' and no timestamp column found: file order is the timestamp
+    ts_unit: str = "s"  # unit of numeric epoch timestamps: s | ms | us | ns (typed columns carry their own)
     rating_col: str = ""
     min_rating: Optional[float] = None  # keep events with rating >= min_rating
     header: bool = True  # csv/tsv only
     string_ids: bool = False  # keep user/item ids as strings instead of int64
     on_bad_line: str = "error"  # error: ValueError naming file:line; skip: drop and count
+    max_bad_lines: Optional[int] = None  # skip mode: stop once more than this many lines were dropped
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        _check(self.format in FORMATS, "source.format", f"{self.format!r} not in {FORMATS}")
+        from data_pipeline import formats  # the registry imports the readers, which use these configs
+        from data_pipeline.formats._columns import TS_UNITS
+
+        known = ("auto", *formats.names())
+        _check(self.format in known, "source.format", f"{self.format!r} not in {known}")
         _check(self.on_bad_line in BAD_LINE_MODES, "source.on_bad_line", f"{self.on_bad_line!r} not in {BAD_LINE_MODES}")
-        _check(self.min_rating is None or self.format not in ("sasrec_pairs", "sasrec_lines"),
+        _check(self.ts_unit in TS_UNITS, "source.ts_unit", f"{self.ts_unit!r} not in {tuple(TS_UNITS)}")
+        _check(self.max_bad_lines is None or self.max_bad_lines >= 0, "source.max_bad_lines", "must be >= 0")
+        _check(self.min_rating is None or self.format == "auto" or formats.get(self.format).ratings,
                "source.min_rating", f"format {self.format} has no ratings")
 
 

@@ -8,6 +8,10 @@ epoch, whatever the shard sizes, so DDP never waits on a rank that ran out.
 Evaluation (:class:`EvalDataset`, val/test/predict): every user exactly once over all ranks and
 workers, every rank the same number of batches, padding rows ``valid=False`` (see ``sharding``).
 
+At construction the manifest is checked (``manifest.load_manifest``: totals, file names inside
+``data_dir``, item map rows); shards are checked against their sha256 while they stream
+(``verify_checksums``, on by default; ``shard_reader``).
+
 The DataLoader gets ``batch_size=None``: batches are built in the workers (numpy slicing per user),
 which is far cheaper than one collate call per sample.
 """
@@ -22,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_pipeline import splits
-from data_pipeline.manifest import load_manifest, resolve_urls, verify_checksums
+from data_pipeline.manifest import ManifestError, load_manifest, require_checksums, resolve_urls
 from data_pipeline.sharding import EvalDataset, ShardReadError, TrainDataset, check_rank, user_lengths
 
 SEEN_WINDOWS = ("history", "input")
@@ -47,7 +51,8 @@ class LoaderConfig:
     seed: int = 0
     seen_window: str = "history"  # what `seen` (filter_seen) holds: whole "history" or the "input" window
     urls: Optional[List[str]] = None  # shard URLs (pipe:/http/s3...) in manifest order, overriding data_dir
-    verify_checksums: bool = False  # sha256 of local shards against the manifest in setup()
+    verify_checksums: bool = True  # each shard's sha256 checked against the manifest while it streams
+    timestamps: bool = False  # batches also carry "timestamps" int64 [B, N] (needs shards prepared with them)
     multiprocessing_context: Optional[str] = None  # None = platform default; fork/spawn/forkserver
     persistent_workers: bool = False
     pin_memory: bool = False
@@ -151,7 +156,11 @@ class ElasticDataModule(L.LightningDataModule):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.manifest = load_manifest(cfg.data_dir)
         self.urls = resolve_urls(self.manifest, cfg.urls)
-        self._checked = False
+        if cfg.verify_checksums:
+            require_checksums(self.manifest)
+        if cfg.timestamps and not self.manifest.timestamps:
+            raise ManifestError(f"data.loader.timestamps=true, but {cfg.data_dir}: this dataset was prepared without "
+                                "timestamps; re-run prepare from a source with a timestamp column")
         self._lengths: Optional[np.ndarray] = None
         self._train_loader: Optional[_EpochLoader] = None
         self._train_state: Optional[dict] = None  # restored from a checkpoint, for the next loader
@@ -177,7 +186,7 @@ class ElasticDataModule(L.LightningDataModule):
         With ``max_tokens``, a user whose model input would not fit the budget is an error naming
         it, unless ``truncate_to_budget``."""
         if self._lengths is None:
-            lengths, users = user_lengths(self.urls, self.manifest.shard_users, self.num_items)
+            lengths, users = user_lengths(self.urls, self.manifest.shard_users, self.num_items, self.checksums)
             c = self.cfg
             if c.max_tokens is not None and not c.truncate_to_budget and len(lengths):
                 longest = int(np.argmax(lengths))
@@ -208,16 +217,18 @@ class ElasticDataModule(L.LightningDataModule):
         if self.trainer is not None:
             self.rank, self.world_size = int(self.trainer.global_rank), int(self.trainer.world_size)
         check_rank(self.rank, self.world_size)
-        if self.cfg.verify_checksums and not self.cfg.urls and not self._checked:
-            verify_checksums(self.manifest)
-            self._checked = True
+
+    @property
+    def checksums(self) -> Optional[List[Optional[str]]]:
+        """Each shard's sha256 to check while it streams, or None (``verify_checksums=false``)."""
+        return [s.sha256 for s in self.manifest.shards] if self.cfg.verify_checksums else None
 
     def train_dataset(self) -> TrainDataset:
         c, m = self.cfg, self.manifest
         return TrainDataset(self.urls, m.shard_users, m.num_items, max_len=self.window_len, batch_size=c.batch_size,
                             shuffle_buffer=c.shuffle_buffer, steps=self.steps_per_epoch, seed=c.seed,
                             rank=self.rank, world_size=self.world_size, max_tokens=c.max_tokens,
-                            bucket_pool=c.bucket_pool)
+                            bucket_pool=c.bucket_pool, checksums=self.checksums, timestamps=c.timestamps)
 
     def eval_dataset(self, split: str) -> EvalDataset:
         """Kept per (split, rank, world size): its token-budget plan is made once, not every epoch."""
@@ -227,7 +238,8 @@ class ElasticDataModule(L.LightningDataModule):
             self._eval_datasets[key] = EvalDataset(
                 split, self.urls, m.shard_users, m.num_items, max_len=self.window_len, batch_size=c.eval_batch_size,
                 seen_window=c.seen_window, rank=self.rank, world_size=self.world_size,
-                max_tokens=c.eval_max_tokens or c.max_tokens, lengths=self.lengths() if c.max_tokens is not None else None)
+                max_tokens=c.eval_max_tokens or c.max_tokens, lengths=self.lengths() if c.max_tokens is not None else None,
+                checksums=self.checksums, timestamps=c.timestamps)
         return self._eval_datasets[key]
 
     def _loader_kwargs(self) -> dict:

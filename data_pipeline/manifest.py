@@ -2,10 +2,12 @@
 
 The manifest is the only place the loader learns per-shard user counts, which it needs to give every
 rank and worker an exact, equal share of the evaluation users without reading any shard first.
+Every file it names (shards, id maps) must lie inside ``data_dir``, and the item map must hold
+exactly ``num_items`` rows. Version 2 adds ``"timestamps"`` (shards carry ``ts.npy``); version 1
+manifests (no timestamps) still load.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -14,7 +16,8 @@ from typing import Sequence
 import braceexpand
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what prepare writes
+READABLE_VERSIONS = (1, 2)
 
 
 class ManifestError(ValueError):
@@ -36,6 +39,7 @@ class Manifest:
     num_users: int
     num_events: int
     shards: tuple[ShardInfo, ...]
+    timestamps: bool = False  # the shards carry each item's timestamp (ts.npy)
 
     @property
     def shard_users(self) -> list[int]:
@@ -69,8 +73,8 @@ def load_manifest(data_dir: str) -> Manifest:
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: manifest must be a JSON object")
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ManifestError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise ManifestError(f"{path}: format_version {version!r} is not supported (readable: {READABLE_VERSIONS})")
     if not isinstance(raw.get("shards"), list) or not raw["shards"]:
         raise ManifestError(f"{path}: 'shards' must be a non-empty list")
     shards = []
@@ -79,20 +83,55 @@ def load_manifest(data_dir: str) -> Manifest:
         if not isinstance(s, dict):
             raise ManifestError(f"{where} must be an object")
         sha = s.get("sha256")
-        shards.append(ShardInfo(_field(s, "name", where, str), _field(s, "users", where), _field(s, "events", where),
+        name = _inside(data_dir, _field(s, "name", where, str), f"{where}.name")
+        shards.append(ShardInfo(name, _field(s, "users", where), _field(s, "events", where),
                                 sha if isinstance(sha, str) and sha else None))
     names = [s.name for s in shards]
     if len(set(names)) != len(names):
         raise ManifestError(f"{path}: duplicate shard names")
+    timestamps = raw.get("timestamps", False) if version >= 2 else False
+    if not isinstance(timestamps, bool):
+        raise ManifestError(f"{path}: field 'timestamps' must be true or false, got {timestamps!r}")
     m = Manifest(os.path.abspath(data_dir), _field(raw, "num_items", path), _field(raw, "num_users", path),
-                 _field(raw, "num_events", path), tuple(shards))
+                 _field(raw, "num_events", path), tuple(shards), timestamps)
     if sum(m.shard_users) != m.num_users:
         raise ManifestError(f"{path}: shard user counts sum to {sum(m.shard_users)}, num_users is {m.num_users}")
     if sum(s.events for s in shards) != m.num_events:
         raise ManifestError(f"{path}: shard event counts do not sum to num_events={m.num_events}")
     if m.num_users == 0 or m.num_items == 0:
         raise ManifestError(f"{path}: the dataset is empty (num_users={m.num_users}, num_items={m.num_items})")
+    if raw.get("user_map") is not None:
+        _inside(data_dir, _field(raw, "user_map", path, str), f"{path}: user_map")
+    _check_item_map(m, _inside(data_dir, _field(raw, "item_map", path, str), f"{path}: item_map"), path)
     return m
+
+
+def _inside(data_dir: str, name: str, where: str) -> str:
+    """``name`` unchanged if it is a relative path that stays inside ``data_dir``."""
+    parts = name.replace("\\", "/").split("/")
+    if not name or os.path.isabs(name) or ".." in parts:
+        raise ManifestError(f"{where}: {name!r} must be a file name inside the data directory "
+                            f"({os.path.abspath(data_dir)}): no absolute path, no '..'")
+    return name
+
+
+def _check_item_map(m: Manifest, name: str, path: str) -> None:
+    """The item map (dense id -> original id) has exactly one row per item."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    item_map = os.path.join(m.data_dir, name)
+    if not os.path.isfile(item_map):
+        raise ManifestError(f"{path}: its item map {item_map} is missing (copy it with the shards, or re-run prepare)")
+    try:
+        rows = pq.ParquetFile(item_map).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ManifestError(f"{item_map}: cannot read the item map ({e})") from None
+    if rows != m.num_items:
+        more = "more" if m.num_items > rows else "fewer"
+        raise ManifestError(f"{path}: num_items is {m.num_items} but the item map {item_map} has {rows} rows "
+                            f"(the manifest claims {more} items than its item map: the two come from different "
+                            "prepare runs; re-run prepare)")
 
 
 def resolve_urls(manifest: Manifest, urls: Sequence[str] | None = None) -> list[str]:
@@ -123,19 +162,10 @@ def resolve_urls(manifest: Manifest, urls: Sequence[str] | None = None) -> list[
     return paths
 
 
-def sha256_file(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify_checksums(manifest: Manifest) -> None:
-    """Compare each local shard's sha256 with the manifest (reads every byte once)."""
-    for s, path in zip(manifest.shards, manifest.local_paths()):
-        if s.sha256 is None:
-            raise ManifestError(f"{manifest.data_dir}: shard {s.name} has no sha256 in the manifest")
-        actual = sha256_file(path)
-        if actual != s.sha256:
-            raise ManifestError(f"{path}: sha256 {actual} does not match the manifest ({s.sha256})")
+def require_checksums(manifest: Manifest) -> None:
+    """Checksum verification needs every shard's sha256 in the manifest."""
+    missing = [s.name for s in manifest.shards if s.sha256 is None]
+    if missing:
+        raise ManifestError(f"{manifest.data_dir}: shard {missing[0]} has no sha256 in the manifest "
+                            f"({len(missing)} shard(s) lack one); set data.loader.verify_checksums=false to read "
+                            "them unchecked")

@@ -1,12 +1,15 @@
 """Raw event log -> WebDataset shards + manifest, out of core, resumable, bucket-parallel.
 
 Stages (each restartable; work files live in ``<output_dir>/_work``):
+0. check     every input exists, is not empty and has a usable header/schema: raised before
+             anything is written
 1. plan      read the log once, hash users into buckets, k-core/count passes, item map,
-             per-bucket first dense user id -> ``_work/plan.json``
+             per-bucket first dense user id -> ``_work/plan.json``. A bad line (or any error)
+             removes what the stage wrote, so a failed run leaves ``output_dir`` as it was
 2. bucket b  sort bucket b's users by (ts, original row), write shard parts, then atomically
              ``_work/buckets/b{b:05d}.done.json`` (a rerun skips buckets that have one)
-3. finalize  number the parts of buckets 0..B-1 in order as ``seq-{n:06d}.tar``, write
-             ``user_map.parquet`` and ``manifest.json`` (atomically), drop ``_work``
+3. finalize  number the parts of buckets 0..B-1 in order as ``seq-{n:06d}.tar``, move the item
+             map in, write ``user_map.parquet`` and ``manifest.json`` (atomically), drop ``_work``
 
 Everything is deterministic: the same input and config give byte-identical shards whichever
 buckets ran where and in which order. CLI (one bucket per SLURM array task)::
@@ -34,9 +37,9 @@ from data_pipeline._plan import make_plan
 from data_pipeline._pool import run_tasks
 from data_pipeline._tarwriter import fsync_dir
 from data_pipeline.config import DataPrepConfig, PrepareConfig, SourceConfig
-from data_pipeline.readers import resolve_files
+from data_pipeline.manifest import FORMAT_VERSION
+from data_pipeline.readers import check_inputs, resolve_files
 
-FORMAT_VERSION = 1
 _BYTE_FIELDS = ("k_core", "num_buckets", "users_per_block", "shard_max_events")
 
 
@@ -73,17 +76,34 @@ def bucket_ids(cfg: PrepareConfig) -> List[int]:
     return list(range(cfg.num_buckets))
 
 
+def _item_map(cfg: PrepareConfig) -> str:
+    """Where the plan writes the item map; finalize moves it next to the manifest."""
+    return _work(cfg, "item_map.parquet")
+
+
 def plan(src: SourceConfig, cfg: PrepareConfig) -> dict:
-    """Stage 1; reuses ``_work/plan.json`` when it matches this input and config."""
+    """Stage 1; reuses ``_work/plan.json`` when it matches this input and config. Inputs are
+    checked first; if reading fails, the work files are removed again (and ``output_dir`` if
+    this call created it)."""
+    if not cfg.output_dir:
+        raise ValueError("prepare.output_dir: empty")
+    check_inputs(src)
     fp = fingerprint(src, cfg)
     old = _read_json(_work(cfg, "plan.json"))
     if old is not None and old.get("fingerprint") == fp:
         return old
+    created = not os.path.exists(cfg.output_dir)
     shutil.rmtree(_work(cfg), ignore_errors=True)  # stale or partial work of another input/config
     os.makedirs(_work(cfg, "buckets"), exist_ok=True)
-    p = make_plan(src, cfg, _work(cfg), os.path.join(cfg.output_dir, "item_map.parquet"))
-    p["fingerprint"] = fp
-    write_json_atomic(_work(cfg, "plan.json"), p)
+    try:
+        p = make_plan(src, cfg, _work(cfg), _item_map(cfg))
+        p["fingerprint"] = fp
+        write_json_atomic(_work(cfg, "plan.json"), p)
+    except BaseException:
+        shutil.rmtree(_work(cfg), ignore_errors=True)
+        if created:
+            shutil.rmtree(cfg.output_dir, ignore_errors=True)
+        raise
     return p
 
 
@@ -109,8 +129,8 @@ def prepare_bucket(src: SourceConfig, cfg: PrepareConfig, bucket: int) -> dict:
     parts_dir = _work(cfg, "buckets")
     for stale in glob.glob(os.path.join(parts_dir, f"b{bucket:05d}-p*.tar*")):
         os.remove(stale)  # leftovers of a killed run of this bucket
-    res = write_bucket(_work(cfg, "stage"), bucket, os.path.join(cfg.output_dir, "item_map.parquet"),
-                       cfg.k_core, p["user_base"][bucket], cfg.users_per_block, cfg.shard_max_events, parts_dir)
+    res = write_bucket(_work(cfg, "stage"), bucket, _item_map(cfg), cfg.k_core, p["user_base"][bucket],
+                       cfg.users_per_block, cfg.shard_max_events, parts_dir, p["ts_per_second"])
     if res["users"] != p["bucket_users"][bucket]:
         raise RuntimeError(f"bucket {bucket}: {res['users']} users, plan says {p['bucket_users'][bucket]}")
     fsync_dir(parts_dir)
@@ -142,12 +162,16 @@ def finalize(cfg: PrepareConfig, src: Optional[SourceConfig] = None) -> dict:
         if os.path.basename(old) not in names:
             os.remove(old)
     _write_user_map(cfg, dones)
+    if os.path.exists(_item_map(cfg)):  # (a rerun of finalize finds it moved already)
+        os.replace(_item_map(cfg), os.path.join(out, "item_map.parquet"))
     fsync_dir(out)
     manifest = {"format_version": FORMAT_VERSION, "num_items": p["num_items"], "num_users": p["num_users"],
-                "num_events": p["num_events"], "shards": shards, "item_map": "item_map.parquet",
+                "num_events": p["num_events"], "timestamps": p["ts_per_second"] is not None,
+                "shards": shards, "item_map": "item_map.parquet",
                 "user_map": "user_map.parquet", "prepare_config": asdict(cfg),
                 "source": asdict(src) if src is not None else None, "fingerprint": p["fingerprint"],
                 "read_stats": p["stage"]["read"], "bad_lines": p["stage"]["read"]["bad_lines"],
+                "bad_examples": p["stage"]["read"]["bad_examples"],
                 "k_core_rounds": p["k_core_rounds"], "staged_events": p["stage"]["events"]}
     write_json_atomic(os.path.join(out, "manifest.json"), manifest)
     if not cfg.keep_work:
@@ -171,7 +195,7 @@ def prepare(source: SourceConfig, cfg: PrepareConfig) -> dict:
     cfg.validate()
     if not cfg.output_dir:
         raise ValueError("prepare.output_dir: empty")
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    check_inputs(source)  # before anything is written
     man = _read_json(os.path.join(cfg.output_dir, "manifest.json"))
     if man is not None and man.get("fingerprint") == fingerprint(source, cfg) and not os.path.exists(_work(cfg)):
         return man  # already complete

@@ -5,7 +5,8 @@ Kept free of Lightning imports so that spawn/forkserver DataLoader workers start
 Rank and world size are *captured in the main process* and passed in explicitly; the worker id comes
 from ``torch.utils.data.get_worker_info()``, which is local to the process that owns the
 DataLoader. Nothing here reads ``RANK``/``WORLD_SIZE`` or ``torch.distributed``, so the split is the
-same with fork, spawn and forkserver workers (webdataset's ``split_by_node`` is not: see NOTES).
+same with fork, spawn and forkserver workers (webdataset's ``split_by_node`` reads the environment
+or ``torch.distributed`` inside the worker, which spawn and forkserver workers do not inherit).
 
 Evaluation ("slots"): the users of all shards, in manifest order (shard, block, position), form a
 global order ``0..U-1``. Rank ``r`` owns the contiguous slots ``[r*U//W, (r+1)*U//W)``; every rank
@@ -23,14 +24,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
-from webdataset.tariterators import tarfile_samples
 
 from data_pipeline import batching, splits
-from data_pipeline.shards import UserBlock, decode_block
+from data_pipeline.shard_reader import ShardReadError, read_blocks, user_lengths
 
-
-class ShardReadError(RuntimeError):
-    """A shard could not be read, is corrupt, or does not match the manifest (message names the URL)."""
+__all__ = ["ShardReadError", "read_blocks", "user_lengths", "TrainDataset", "EvalDataset"]
 
 
 def current_worker() -> tuple[int, int]:
@@ -106,43 +104,6 @@ def overlapping_shards(shard_users: Sequence[int], start: int, end: int) -> list
     return out
 
 
-def read_blocks(url: str, expected_users: int | None = None, num_items: int | None = None) -> Iterator[UserBlock]:
-    """Decode the user blocks of one shard in order.
-
-    Raises :class:`ShardReadError` naming ``url`` on an unreadable/truncated/corrupt tar, a bad
-    block, or (when ``expected_users`` is given) a user count different from the manifest's.
-    """
-    count = 0
-    try:
-        for sample in tarfile_samples([{"url": url}]):
-            block = decode_block(sample, num_items)
-            count += len(block)
-            if expected_users is not None and count > expected_users:
-                raise ShardReadError(f"{url}: holds more than the {expected_users} users the manifest lists "
-                                     "(manifest does not match shards)")
-            yield block
-    except ShardReadError:
-        raise
-    except Exception as e:  # tarfile.ReadError, OSError from a pipe:, ValueError from decode_block, ...
-        raise ShardReadError(f"{url}: cannot read shard: {type(e).__name__}: {e}") from e
-    if expected_users is not None and count != expected_users:
-        raise ShardReadError(f"{url}: holds {count} users, the manifest lists {expected_users} "
-                             "(truncated shard, or manifest does not match shards)")
-
-
-def user_lengths(urls: Sequence[str], shard_users: Sequence[int], num_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(lengths, users)`` of every user in global slot order (one pass over the shards), for
-    token-budget planning."""
-    lengths, users = [], []
-    for url, n in zip(urls, shard_users):
-        for block in read_blocks(url, n, num_items):
-            lengths.append(np.diff(block.offsets))
-            users.append(block.users)
-    if not lengths:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(lengths).astype(np.int64), np.concatenate(users).astype(np.int64)
-
-
 def chunked(rows: Iterator, sizes: Sequence[int]) -> Iterator[list]:
     """Cut ``rows`` into consecutive lists of the given sizes; error if it runs out early."""
     for size in sizes:
@@ -152,8 +113,16 @@ def chunked(rows: Iterator, sizes: Sequence[int]) -> Iterator[list]:
         yield chunk
 
 
-# A padding row (valid=False, user -1): one dummy item so no row is all padding (see splits.PAD_ROW).
+# A padding row (valid=False, user -1): one dummy item so no row is all padding (see splits.PAD_ROW);
+# with timestamps, its one timestamp is 0.
 _PAD = (splits.PAD_ROW, splits.PAD_ROW_ITEM, splits.PAD_ROW, -1, False)
+_PAD_TS = _PAD + (np.zeros(1, np.int64),)
+
+
+def _shard_options(urls: Sequence[str], checksums: Sequence[str | None] | None) -> list:
+    if checksums is not None and len(checksums) != len(urls):
+        raise ValueError(f"{len(checksums)} checksums for {len(urls)} shards")
+    return list(checksums) if checksums is not None else [None] * len(urls)
 
 
 class TrainDataset(IterableDataset):
@@ -163,7 +132,9 @@ class TrainDataset(IterableDataset):
     takes one random window per eligible user per shard visit and shuffles windows in a buffer of
     ``shuffle_buffer`` users. Works with any number of shards, even fewer than ranks x workers.
     Batches hold ``batch_size`` windows, or with ``max_tokens`` as many windows of similar length
-    as fit ``rows x longest <= max_tokens`` (see ``batching``).
+    as fit ``rows x longest <= max_tokens`` (see ``batching``). ``timestamps``: batches also hold
+    ``"timestamps"`` int64 [B, N], each input item's (0 at padding); the random draws, hence the
+    items, are the same either way. ``checksums``: each shard's sha256, checked while it streams.
 
     Mid-epoch resume: ``set_epoch(epoch, skip)`` makes the next iteration continue the epoch
     after its first ``skip`` batches, exactly as an uninterrupted one would have gone on. Each
@@ -175,11 +146,13 @@ class TrainDataset(IterableDataset):
 
     def __init__(self, urls: Sequence[str], shard_users: Sequence[int], num_items: int, *, max_len: int,
                  batch_size: int, shuffle_buffer: int, steps: int, seed: int, rank: int, world_size: int,
-                 max_tokens: int | None = None, bucket_pool: int = 32):
+                 max_tokens: int | None = None, bucket_pool: int = 32, checksums: Sequence[str | None] | None = None,
+                 timestamps: bool = False):
         check_rank(rank, world_size)
         if len(urls) != len(shard_users):
             raise ValueError(f"{len(urls)} urls for {len(shard_users)} shards")
         self.urls, self.shard_users, self.num_items = list(urls), list(shard_users), num_items
+        self.checksums, self.timestamps = _shard_options(urls, checksums), timestamps
         self.max_len, self.batch_size, self.shuffle_buffer = max_len, batch_size, shuffle_buffer
         self.steps, self.seed, self.rank, self.world_size = steps, seed, rank, world_size
         self.max_tokens, self.bucket_pool = max_tokens, bucket_pool
@@ -208,7 +181,11 @@ class TrainDataset(IterableDataset):
         for _ in range(done):  # replayed without collating
             next(batches)
         for _ in range(train_steps_for_worker(self.steps, role, num_workers) - done):
-            yield splits.collate_train(next(batches))
+            batch = next(batches)
+            if self.timestamps:
+                yield splits.collate_train([w for w, _ in batch], [t for _, t in batch])
+            else:
+                yield splits.collate_train(batch)
 
     def _batches(self, rng: np.random.Generator) -> Iterator[list]:
         """Endless lists of windows, one per batch (not yet collated)."""
@@ -216,21 +193,24 @@ class TrainDataset(IterableDataset):
         if self.max_tokens is None:
             while True:
                 yield [next(windows) for _ in range(self.batch_size)]
+        length = (lambda w: len(w[0]) - 1) if self.timestamps else (lambda w: len(w) - 1)
         yield from batching.budget_batches(windows, self.max_tokens, self.bucket_pool,
-                                           np.random.default_rng(rng.integers(2**63)), length=lambda w: len(w) - 1)
+                                           np.random.default_rng(rng.integers(2**63)), length=length)
 
-    def _windows(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
-        """Endless training windows (copies, so the buffer does not pin whole blocks)."""
+    def _windows(self, rng: np.random.Generator) -> Iterator:
+        """Endless training windows: item arrays, or (items, timestamps) pairs with timestamps
+        (copies, so the buffer does not pin whole blocks)."""
         visits_without_examples = 0
         while True:
             i = int(rng.integers(len(self.urls)))
             produced = 0
-            for block in read_blocks(self.urls[i], self.shard_users[i], self.num_items):
+            for block in read_blocks(self.urls[i], self.shard_users[i], self.num_items, self.checksums[i],
+                                     self.timestamps):
                 index, start, size = splits.train_window_starts(np.diff(block.offsets), self.max_len, rng)
                 first = block.offsets[index] + start
-                items = block.items
+                items, ts = block.items, block.timestamps
                 for a, b in zip(first.tolist(), (first + size).tolist()):
-                    yield items[a:b].copy()
+                    yield (items[a:b].copy(), ts[a:b].copy()) if self.timestamps else items[a:b].copy()
                 produced += len(index)
             visits_without_examples = 0 if produced else visits_without_examples + 1
             if visits_without_examples > 4 * len(self.urls) + 16:
@@ -262,17 +242,22 @@ class EvalDataset(IterableDataset):
     With ``max_tokens`` (and ``lengths``, every user's sequence length in slot order) a rank's
     slots are cut into token-budget batches instead (``batching.plan_eval_batches``), the same
     number on every rank (one-row padding batches make up the difference); a rank's batches are
-    split contiguously over its workers."""
+    split contiguously over its workers. ``timestamps``: batches also hold ``"timestamps"`` int64
+    [B, N], the timestamps of the ``items`` (0 at padding and on padding rows); ``checksums``: as
+    in :class:`TrainDataset`."""
 
     def __init__(self, split: str, urls: Sequence[str], shard_users: Sequence[int], num_items: int, *, max_len: int,
                  batch_size: int, seen_window: str, rank: int, world_size: int, max_tokens: int | None = None,
-                 lengths: np.ndarray | None = None):
+                 lengths: np.ndarray | None = None, checksums: Sequence[str | None] | None = None,
+                 timestamps: bool = False):
         if split not in splits.EVAL_SPLITS:
             raise ValueError(f"split must be one of {splits.EVAL_SPLITS}, got {split!r}")
         check_rank(rank, world_size)
         self.split, self.urls, self.shard_users, self.num_items = split, list(urls), list(shard_users), num_items
         self.num_users, self.max_len, self.batch_size = sum(self.shard_users), max_len, batch_size
         self.seen_window, self.rank, self.world_size = seen_window, rank, world_size
+        self.checksums, self.timestamps = _shard_options(urls, checksums), timestamps
+        self._pad = _PAD_TS if timestamps else _PAD
         self.plan = None if max_tokens is None else self._plan(lengths, max_tokens)
 
     def _plan(self, lengths: np.ndarray | None, max_tokens: int) -> tuple[list[np.ndarray], int]:
@@ -302,9 +287,11 @@ class EvalDataset(IterableDataset):
             return
         share = eval_share(self.num_users, self.rank, self.world_size, worker, num_workers, self.batch_size)
         rows = itertools.chain(self._rows(share.slot_start, share.slot_end),
-                               itertools.repeat(_PAD, share.rows - share.real_rows))
+                               itertools.repeat(self._pad, share.rows - share.real_rows))
         for chunk in chunked(rows, share.batch_sizes()):
             yield splits.collate_eval(*zip(*chunk))
+        for _ in rows:  # nothing is left; finishing the last shard's read lets it check its checksum
+            pass
 
     def _budget_batches(self, worker: int, num_workers: int) -> Iterator[dict]:
         batches, total = self.plan
@@ -324,29 +311,34 @@ class EvalDataset(IterableDataset):
                         buffered[next_slot] = row
                     next_slot += 1
                 yield splits.collate_eval(*zip(*(buffered.pop(s) for s in batch.tolist())))
-            rows.close()
+            for _ in rows:  # (as in __iter__)
+                pass
         for _ in range(padding):
-            yield splits.collate_eval(*zip(*[_PAD]))
+            yield splits.collate_eval(*zip(*[self._pad]))
 
     def _rows(self, slot_start: int, slot_end: int) -> Iterator[tuple]:
         """The rows of global slots ``[slot_start, slot_end)`` in order."""
         for shard, first in overlapping_shards(self.shard_users, slot_start, slot_end):
             shard_end = first + self.shard_users[shard]
-            blocks = read_blocks(self.urls[shard], self.shard_users[shard], self.num_items)
+            blocks = read_blocks(self.urls[shard], self.shard_users[shard], self.num_items, self.checksums[shard],
+                                 self.timestamps)
             try:
                 pos = first
                 for block in blocks:
                     lo, hi = max(slot_start, pos) - pos, min(slot_end, pos + len(block)) - pos
+                    o, ts = block.offsets, block.timestamps
                     for j in range(lo, hi):
-                        yield self._row(block.sequence(j), int(block.users[j]))
+                        yield self._row(block.sequence(j), int(block.users[j]),
+                                        None if ts is None else ts[o[j]:o[j + 1]])
                     pos += len(block)
                     if slot_end <= pos < shard_end:
                         break  # the rest of this shard belongs to other workers/ranks
             finally:
                 blocks.close()
 
-    def _row(self, seq: np.ndarray, user: int) -> tuple:
+    def _row(self, seq: np.ndarray, user: int, ts: np.ndarray | None = None) -> tuple:
         if not splits.eval_eligible(len(seq), self.split):
-            return _PAD
+            return self._pad
         window, target, history = splits.eval_example(seq, self.split, self.max_len)
-        return window, target, (history if self.seen_window == "history" else window), user, True
+        row = window, target, (history if self.seen_window == "history" else window), user, True
+        return row if ts is None else row + (ts[:len(history)][-len(window):],)

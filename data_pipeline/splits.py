@@ -115,14 +115,20 @@ def left_pad(rows: Sequence[np.ndarray], width: int | None = None) -> np.ndarray
     return out
 
 
-def collate_train(windows: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+def collate_train(windows: Sequence[np.ndarray],
+                  timestamps: Sequence[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
     """Training batch from windows ``w`` (``len(w) >= 2``): ``items = w[:-1]``, ``targets = w[1:]``.
 
-    ``{"items": int64 [B, N], "targets": int64 [B, N]}``, left-padded, ``targets`` 0 at padding.
+    ``{"items": int64 [B, N], "targets": int64 [B, N]}``, left-padded, ``targets`` 0 at padding;
+    with ``timestamps`` (one array per window, aligned with it) also ``"timestamps"`` int64
+    [B, N]: each input item's timestamp, 0 at padding.
     """
     items = left_pad([w[:-1] for w in windows])
     targets = left_pad([w[1:] for w in windows])  # same lengths: pads line up with the items' pads
-    return {"items": torch.from_numpy(items), "targets": torch.from_numpy(targets)}
+    batch = {"items": torch.from_numpy(items), "targets": torch.from_numpy(targets)}
+    if timestamps is not None:
+        batch["timestamps"] = torch.from_numpy(left_pad([t[:-1] for t in timestamps]))
+    return batch
 
 
 def collate_eval(
@@ -131,18 +137,23 @@ def collate_eval(
     seen: Sequence[np.ndarray],
     users: Sequence[int],
     valid: Sequence[bool],
+    timestamps: Sequence[np.ndarray] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Evaluation batch ``{"items", "target", "seen", "user", "valid"}`` (see ARCHITECTURE.md).
 
-    ``histories`` are the model inputs (already cut to ``max_len``); ``seen`` the items to filter.
+    ``histories`` are the model inputs (already cut to ``max_len``); ``seen`` the items to filter;
+    ``timestamps`` (aligned with ``histories``) adds ``"timestamps"`` int64 [B, N], 0 at padding.
     """
-    return {
+    batch = {
         "items": torch.from_numpy(left_pad(histories)),
         "target": torch.as_tensor(np.asarray(targets, dtype=np.int64)),
         "seen": torch.from_numpy(left_pad(seen)),
         "user": torch.as_tensor(np.asarray(users, dtype=np.int64)),
         "valid": torch.as_tensor(np.asarray(valid, dtype=bool)),
     }
+    if timestamps is not None:
+        batch["timestamps"] = torch.from_numpy(left_pad(timestamps, batch["items"].shape[1]))
+    return batch
 
 
 PAD_ROW = np.array([PAD_ROW_ITEM], dtype=np.int64)

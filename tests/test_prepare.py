@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from data_pipeline import prepare as prepare_module
 from data_pipeline.config import PrepareConfig, SourceConfig, SyntheticConfig
 from data_pipeline.prepare import finalize, main, plan, prepare, prepare_bucket
 from data_pipeline.readers import read_events
@@ -130,7 +131,7 @@ def test_deterministic_across_workers_and_bucket_order(synth, tmp_path):
     assert shard_bytes(str(tmp_path / "a"), a) == shard_bytes(str(tmp_path / "b"), m)
 
 
-def test_resume_after_partial_run_is_byte_identical(synth, tmp_path):
+def test_resume_after_partial_run_is_byte_identical(synth, tmp_path, monkeypatch):
     ref = prepare(synth, cfg(tmp_path / "ref"))
     c = cfg(tmp_path / "run")
     plan(synth, c)
@@ -141,12 +142,14 @@ def test_resume_after_partial_run_is_byte_identical(synth, tmp_path):
         f.write(b"garbage")
     with open(os.path.join(parts, "b00003-p00001.tar.tmp"), "wb") as f:
         f.write(b"partial")
-    done0 = os.path.getmtime(os.path.join(parts, "b00000.done.json"))
+    written = []  # the buckets whose shards are (re)written: only those without a done-file
+    real_write = prepare_module.write_bucket
+    monkeypatch.setattr(prepare_module, "write_bucket", lambda stage, b, *a: written.append(b) or real_write(stage, b, *a))
     m = prepare(synth, c)
+    assert sorted(written) == [1, 3]
     assert m["shards"] == ref["shards"]
     assert shard_bytes(c.output_dir, m) == shard_bytes(str(tmp_path / "ref"), ref)
-    assert prepare(synth, c) == m  # a rerun of a finished job is a no-op
-    assert done0 > 0
+    assert prepare(synth, c) == m and sorted(written) == [1, 3]  # a rerun of a finished job is a no-op
 
 
 def test_killed_subprocess_resumes(tmp_path):

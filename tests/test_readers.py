@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline._text import TextSpec, _ColonStream, iter_text_batches
 from data_pipeline.config import SourceConfig
 from data_pipeline.readers import detect_format, read_events
 
@@ -122,20 +121,13 @@ def test_empty_inputs_raise(tmp_path):
         read_events(SourceConfig(path=str(tmp_path / "missing.csv")))
 
 
-def test_colon_rewrite_across_chunk_boundaries(tmp_path):
+def test_movielens_blocks_keep_every_line(tmp_path):
+    """Tiny blocks (batch_rows=1) cut the file everywhere; every line is read once, in order."""
     lines = [f"{u}::{i}::{(u + i) % 5 + 1}::{1000 + u * 7 + i}" for u in range(50) for i in range(40)]
-    data = ("\n".join(lines) + "\n").encode()
-    for size in (2, 3, 5, 8, 13, 4096):  # every split of '::' across reads
-        stream, out = _ColonStream(io.BytesIO(data)), bytearray()
-        buf = bytearray(size)
-        while n := stream.readinto(buf):
-            out += buf[:n]
-        assert bytes(out) == data.replace(b"::", b":"), size
-    path = _write(tmp_path, "ratings.dat", data.decode())
-    spec = TextSpec(path, ":", ["user", "item", "rating", "ts"], {"user": "int", "item": "int", "ts": "int"},
-                    colons=True, quoting=False, block_size=4096)
-    got = pa.Table.from_batches(list(iter_text_batches(spec, skip_bad=False)))
-    assert got["ts"].to_pylist() == [1000 + u * 7 + i for u in range(50) for i in range(40)]
+    path = _write(tmp_path, "ratings.dat", "\n".join(lines) + "\n")
+    for batch_rows in (1, 7, 1 << 20):
+        got, _ = read_events(SourceConfig(path=path), batch_rows=batch_rows)
+        assert got["ts"].to_pylist() == [1000 + u * 7 + i for u in range(50) for i in range(40)]
 
 
 def test_parquet_columns_nulls_and_string_ids(tmp_path):
