@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench-encoder clean
+.PHONY: setup demo test bench-encoder scale-run clean
 
 $(BIN)/elastic-pl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: setup
 
 bench-encoder: setup
 	$(BIN)/python -m bench.encoder
+
+# the scale run, timed per stage (SCALE_CONFIG=configs/scale-10m.yaml; EVENTS=1e6 for a scaled-down one)
+scale-run: setup
+	PYTHON=$(BIN)/python bash bench/scale_run.sh $(or $(SCALE_CONFIG),configs/scale-1m.yaml)
 
 clean:
 	rm -rf $(VENV) runs

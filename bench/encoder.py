@@ -1,4 +1,5 @@
-"""Encoder benchmark: ELASTIC (linear dispatcher attention) vs SASRec (SDPA) vs naive attention.
+"""Encoder benchmark: ELASTIC (linear dispatcher attention) vs SASRec (SDPA), naive attention,
+HSTU and GRU4Rec (any registered encoder, or a ``package.module:ClassName`` one, by ``--encoders``).
 
 For every encoder and history length N, at a FIXED number of tokens per batch (B = tokens // N):
 
@@ -12,9 +13,12 @@ runs in a fresh subprocess under an address-space cap (``--cpu-mem-cap-gb``, so 
 configuration fails with an allocation error instead of waking the OOM killer); peak memory is
 the peak RSS during the timed section (``VmHWM`` after resetting it via /proc/self/clear_refs)
 minus the RSS just before it, i.e. activations + gradients + allocator slack, not the model.
-Out-of-memory is recorded as ``OOM``, never a crash.
+Out-of-memory is recorded as ``OOM``, never a crash. Each encoder gets the options its config
+declares (``--experts`` reaches ELASTIC only); one that reads timestamps gets increasing synthetic
+ones (int64 seconds).
 
     python -m bench.encoder --device cpu --tokens 16384 --lengths 256,1024,4096,16384
+    python -m bench.encoder --device cpu --tokens 16384 --lengths 256,1024,4096,16384 --encoders elastic,sasrec,hstu,gru4rec
     python -m bench.encoder --device cuda --dtype bf16 --tokens 131072 --compile
     python -m bench.encoder --state-bytes
 
@@ -36,7 +40,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from elastic_pl.model import ModelConfig, SequentialRecommender, state_bytes
+from elastic_pl.model import ENCODERS, LOSSES, ModelConfig, SequentialRecommender, state_bytes
 
 MODES = ("train", "infer")
 
@@ -45,12 +49,17 @@ MODES = ("train", "infer")
 # one configuration
 # ---------------------------------------------------------------------------------------------
 def model_config(args, encoder: str) -> ModelConfig:
-    return ModelConfig(
+    """The benchmark's shapes; the encoder and the loss take the options their configs declare."""
+    return ModelConfig.from_flat(dict(
         num_items=args.items, d_model=args.d_model, n_heads=args.heads, n_layers=args.layers,
         encoder=encoder, max_positions=args.max_positions,
         num_experts=args.experts, chunk_size=args.chunk, use_memory=not args.no_memory,
         loss=args.loss, negatives="uniform", num_negatives=args.negatives,
-    )
+    ), strict=False)
+
+
+def display_name(encoder: str) -> str:
+    return ENCODERS.get(encoder).display_name or encoder
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -91,13 +100,16 @@ def run_config(args, encoder: str, n: int, mode: str, model=None, runner=None) -
                heads=args.heads, experts=args.experts, chunk=args.chunk, memory=not args.no_memory,
                items=args.items, loss=args.loss, negatives=args.negatives)
     gen = torch.Generator(device="cpu").manual_seed(1234 + n)
-    x = targets = hidden = loss = None
+    x = targets = hidden = loss = ts = None
     try:
         if model is None:
             model, runner = build(args, encoder)
         seq = torch.randint(1, args.items + 1, (batch, n + 1), generator=gen).to(device)
         x, targets = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
         del seq
+        ts = None
+        if model.cfg.encoder.needs_timestamps:  # seconds, increasing along each row
+            ts = torch.cumsum(torch.randint(0, 86_400, (batch, n), generator=gen), dim=1).to(device)
         model.train(mode == "train")
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                                   enabled=args.dtype == "bf16")
@@ -107,12 +119,12 @@ def run_config(args, encoder: str, n: int, mode: str, model=None, runner=None) -
             if mode == "train":
                 model.zero_grad(set_to_none=True)
                 with autocast:
-                    h = runner(x)
+                    h = runner(x, timestamps=ts)
                     l = model.loss(h, targets, loss_gen)
                 l.backward()
             else:
                 with torch.no_grad(), autocast:
-                    runner(x)
+                    runner(x, timestamps=ts)
 
         def sync():
             if cuda:
@@ -156,7 +168,7 @@ def run_config(args, encoder: str, n: int, mode: str, model=None, runner=None) -
     except Exception as exc:  # noqa: BLE001 - a benchmark records failures, it does not crash
         rec.update(status="OOM" if _is_oom(exc) else "error", error=f"{type(exc).__name__}: {str(exc)[:300]}")
     finally:
-        del x, targets, hidden, loss
+        del x, targets, hidden, loss, ts
         if model is not None:
             model.zero_grad(set_to_none=True)
         gc.collect()
@@ -251,20 +263,25 @@ TABLE_HEAD = ("| encoder | N | B | mode | median ms/iter | min ms | tokens/s (me
               "|---|---|---|---|---|---|---|---|")
 
 
-def speedup_table(results: list[dict], mode: str) -> str:
+def speedup_table(results: list[dict], mode: str, baseline: str = "sasrec") -> str:
+    """Per N: every encoder's tokens/s and peak MiB, and each one's tokens/s over ``baseline``'s."""
     ok = {(r["encoder"], r["n"]): r for r in results if r["mode"] == mode and r.get("status") == "ok"}
     ns = sorted({r["n"] for r in results if r["mode"] == mode})
-    lines = [f"| N | ELASTIC tok/s | SDPA tok/s | naive tok/s | ELASTIC / SDPA | ELASTIC mem / naive mem |",
-             "|---|---|---|---|---|---|"]
-    for n in ns:
-        e, s, v = ok.get(("elastic", n)), ok.get(("sasrec", n)), ok.get(("naive", n))
+    encoders = list(dict.fromkeys(r["encoder"] for r in results if r["mode"] == mode))
+    others = [e for e in encoders if e != baseline]
+    head = ([f"{display_name(e)} tok/s" for e in encoders] + [f"{display_name(e)} MiB" for e in encoders]
+            + [f"{display_name(e)} / {display_name(baseline)}" for e in others])
+    lines = ["| N | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
 
-        def tps(r):
-            return f"{r['tokens_per_s'] / 1e3:.1f}k" if r else "—"
-        ratio = f"{e['tokens_per_s'] / s['tokens_per_s']:.2f}x" if e and s else "—"
-        mem = (f"{100 * e['peak_mib'] / v['peak_mib']:.1f}%"
-               if e and v and e.get("peak_mib") and v.get("peak_mib") else "—")
-        lines.append(f"| {n} | {tps(e)} | {tps(s)} | {tps(v)} | {ratio} | {mem} |")
+    def cell(r, key, fmt):
+        return fmt(r[key]) if r and r.get(key) is not None else "—"
+    for n in ns:
+        tps = [cell(ok.get((e, n)), "tokens_per_s", lambda v: f"{v / 1e3:.1f}k") for e in encoders]
+        mem = [cell(ok.get((e, n)), "peak_mib", lambda v: f"{v:.0f}") for e in encoders]
+        base = ok.get((baseline, n))
+        ratio = [f"{ok[(e, n)]['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base and (e, n) in ok else "—"
+                 for e in others]
+        lines.append(f"| {n} | " + " | ".join(tps + mem + ratio) + " |")
     return "\n".join(lines)
 
 
@@ -304,7 +321,7 @@ def bench(args) -> None:
             out.flush()
     models.clear()
     for mode in modes:
-        print(f"\n## {mode}: ELASTIC vs SDPA vs naive ({args.device}, {args.dtype}"
+        print(f"\n## {mode}: {' vs '.join(display_name(e) for e in encoders)} ({args.device}, {args.dtype}"
               f"{', compiled' if args.compile else ''}, {args.tokens} tokens/batch)")
         print(speedup_table(results, mode))
     if out:
@@ -315,30 +332,34 @@ def bench(args) -> None:
 # serving state
 # ---------------------------------------------------------------------------------------------
 def state_bytes_report(args) -> None:
+    """The serving state of every encoder in ``--encoders`` that streams, against SASRec's KV cache."""
     lengths = [1_000, 10_000, 100_000]
-    cfg = model_config(args, "elastic")
-    model = SequentialRecommender(cfg)
-    fp32 = state_bytes(model.init_state(1))
-    bf16 = state_bytes(model.to(torch.bfloat16).init_state(1))
-    L, D, E, C = cfg.n_layers, cfg.d_model, cfg.num_experts, cfg.chunk_size
-    print(f"# serving state per user: D={D}, L={L}, H={cfg.n_heads}, E={E}, C={C} (torch {torch.__version__})")
-    print("# ELASTIC: measured state_bytes(model.init_state(1)); constant in N. Per layer: dispatch "
-          "sums (m, z: H*E fp32 each; u: E*D fp32) + keys/values of the previous and current chunk "
-          "(4*C*D in the model dtype), + one int64 position counter.")
+    print(f"# serving state per user: D={args.d_model}, L={args.layers} (torch {torch.__version__}); measured "
+          "state_bytes(model.init_state(1)), constant in N, position counter included.")
     print("# SASRec: KV cache = L * N * 2 * D * bytes_per_element (analytic; not implemented in code).")
-    print("| N | ELASTIC fp32 | SASRec KV fp32 | ratio | ELASTIC bf16 | SASRec KV bf16 | ratio |")
-    print("|---|---|---|---|---|---|---|")
     rows = []
-    for n in lengths:
-        kv32, kv16 = L * n * 2 * D * 4, L * n * 2 * D * 2
-        print(f"| {n:,} | {fp32:,} B | {kv32:,} B | {kv32 / fp32:.1f}x | {bf16:,} B | {kv16:,} B | {kv16 / bf16:.1f}x |")
-        rows.append(dict(n=n, elastic_fp32=fp32, sasrec_kv_fp32=kv32, elastic_bf16=bf16, sasrec_kv_bf16=kv16))
-    crossover = fp32 / (L * 2 * D * 4)
-    print(f"# SASRec's fp32 cache overtakes ELASTIC's state beyond N = {crossover:.0f} positions.")
+    for enc in [e for e in args.encoders.split(",") if e]:
+        cfg = model_config(args, enc)
+        model = SequentialRecommender(cfg)
+        if not model.streams:
+            continue
+        name, L, D = display_name(enc), cfg.n_layers, cfg.d_model
+        fp32 = state_bytes(model.init_state(1))
+        bf16 = state_bytes(model.to(torch.bfloat16).init_state(1))
+        print(f"\n## {name} ({cfg.encoder})")
+        print(f"| N | {name} fp32 | SASRec KV fp32 | ratio | {name} bf16 | SASRec KV bf16 | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for n in lengths:
+            kv32, kv16 = L * n * 2 * D * 4, L * n * 2 * D * 2
+            print(f"| {n:,} | {fp32:,} B | {kv32:,} B | {kv32 / fp32:.1f}x | {bf16:,} B | {kv16:,} B | "
+                  f"{kv16 / bf16:.1f}x |")
+            rows.append(dict(kind="state_bytes", encoder=enc, d_model=D, layers=L, n=n, state_fp32=fp32,
+                             sasrec_kv_fp32=kv32, state_bf16=bf16, sasrec_kv_bf16=kv16))
+        print(f"# SASRec's fp32 cache overtakes {name}'s state beyond N = {fp32 / (L * 2 * D * 4):.0f} positions.")
     if args.out:
         with open(args.out, "a") as f:
             for r in rows:
-                f.write(json.dumps(dict(kind="state_bytes", d_model=D, layers=L, experts=E, chunk=C, **r)) + "\n")
+                f.write(json.dumps(r) + "\n")
 
 
 def parse(argv=None):
@@ -351,18 +372,21 @@ def parse(argv=None):
                    help="torch.compile(dynamic=...): true/false; default automatic")
     p.add_argument("--tokens", type=int, default=131072, help="tokens per batch (B = tokens // N)")
     p.add_argument("--lengths", default="256,1024,4096,16384,65536")
-    p.add_argument("--encoders", default="elastic,sasrec,naive")
+    p.add_argument("--encoders", default="elastic,sasrec,naive",
+                   help=f"registered ({','.join(ENCODERS.names())}) or package.module:ClassName")
     p.add_argument("--modes", default="train,infer", help="train = fwd+loss+bwd, infer = no_grad fwd")
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--experts", type=int, default=ModelConfig.num_experts)
-    p.add_argument("--chunk", type=int, default=ModelConfig.chunk_size)
+    elastic = ENCODERS.config_class("elastic")
+    p.add_argument("--experts", type=int, default=elastic.num_experts, help="ELASTIC")
+    p.add_argument("--chunk", type=int, default=elastic.chunk_size, help="ELASTIC")
     p.add_argument("--no-memory", action="store_true", help="ELASTIC without interest memory")
     p.add_argument("--items", type=int, default=100_000, help="catalog size V")
     p.add_argument("--loss", default="sampled_softmax", choices=["sampled_softmax", "full_softmax"],
                    help="train mode's loss; full_softmax scores the whole catalog (--items) at every position")
-    p.add_argument("--negatives", type=int, default=ModelConfig.num_negatives)
+    p.add_argument("--negatives", type=int, default=LOSSES.config_class("sampled_softmax").num_negatives,
+                   help="sampled softmax: uniform negatives")
     p.add_argument("--max-positions", type=int, default=ModelConfig.max_positions)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (CPU); 0 = torch default")
     p.add_argument("--warmup", type=int, default=2)

@@ -33,6 +33,11 @@ def _rows(run: Path) -> list[dict]:
     return rows
 
 
+def _encoder_name(node) -> str:
+    """``model.encoder`` of a saved config: ``{name: ..., ...}``, or a bare name (earlier layout)."""
+    return node.name if OmegaConf.is_dict(node) else str(node)
+
+
 def read_run(run: Path) -> dict:
     cfg = OmegaConf.load(run / "config.yaml")
     test = json.loads((run / "test_metrics.json").read_text())["test"]
@@ -46,7 +51,7 @@ def read_run(run: Path) -> dict:
     rss = [float(r["train/peak_rss_gib"]) for r in rows if r.get("train/peak_rss_gib")]
     missing = [e for e in range(best + 1) if e not in epoch_s]
     return {
-        "run": str(run), "encoder": cfg.model.encoder, "max_len": int(cfg.data.loader.max_len),
+        "run": str(run), "encoder": _encoder_name(cfg.model.encoder), "max_len": int(cfg.data.loader.max_len),
         "max_tokens": cfg.data.loader.max_tokens, "ndcg@10": test["test/ndcg@10"], "hr@10": test["test/hr@10"],
         "best_epoch": best, "epochs": max(len(epoch_s), max(val) + 1),
         "seconds_to_best": None if missing else sum(epoch_s[e] for e in range(best + 1)),

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from elastic_pl.model import ENCODERS, ModelConfig
+
 DATASETS = ["ml-1m", "ml-100k", "ml-latest-small", "lastfm", "wikipedia", "amazon-beauty", "amazon-sports"]
 
 
@@ -45,23 +47,17 @@ def _training(run: Path) -> tuple[str, str]:
     return f"{int(val[-1]['epoch']) + 1} (best {int(best['epoch']) + 1})", per_epoch
 
 
-def _loss(m) -> str:
-    """The loss as a run's resolved model config names it, e.g. 'sampled softmax, 512 uniform negatives'."""
-    if m.loss == "full_softmax":
-        return "full softmax CE"
-    if m.loss == "bce":
-        return "BCE, 1 negative"
-    if m.negatives == "in_batch":
-        return "sampled softmax, in-batch negatives + logQ"
-    return f"sampled softmax, {m.num_negatives} uniform negatives"
+def _encoders() -> list[tuple[str, str]]:
+    """(registered name, display name) of every registered encoder: runs/<dataset>-<name>/."""
+    return [(e, ENCODERS.get(e).display_name or e) for e in ENCODERS.names()]
 
 
 def _model(run: Path, name: str) -> str:
-    """'ELASTIC (full softmax CE)'; 'ELASTIC without memory (...)' where the run turned the
-    interest memory off (``model.use_memory=false``)."""
-    m = OmegaConf.load(run / "config.yaml").model
-    variant = "" if m.get("use_memory", True) else " without memory"
-    return f"{name}{variant} ({_loss(m)})"
+    """'ELASTIC (full softmax CE)': the loss and any variant as the run's resolved config (its
+    encoder's and loss's ``describe()``) names them, e.g. 'ELASTIC without memory (...)'."""
+    m = ModelConfig.from_dict(OmegaConf.to_container(OmegaConf.load(run / "config.yaml").model, resolve=True))
+    variant = m.encoder.describe()
+    return f"{name}{' ' + variant if variant else ''} ({m.loss.describe()})"
 
 
 def _row(data: str, model: str, run_id: str, m: dict, epochs: str, per_epoch: str) -> str:
@@ -78,7 +74,7 @@ def _seed_table(runs: Path, groups: list[str]) -> None:
     print("|---|---|---|---|---|---|")
     for d in DATASETS:
         for group in groups:
-            for enc, name in (("elastic", "ELASTIC"), ("sasrec", "SASRec")):
+            for enc, name in _encoders():
                 found = [runs / f"{d}-{enc}" / r for r in group.split(",")]
                 found = [r for r in found if (r / "test_metrics.json").is_file()]
                 if len(found) < 2:  # a single run is a row of the first table
@@ -106,7 +102,7 @@ def main() -> None:
                 if f.is_file():
                     print(_row(d, f"{baseline}{note}", "-", json.loads(f.read_text()), "-", "-"))
         for run_id in a.run_id:
-            for enc, name in (("elastic", "ELASTIC"), ("sasrec", "SASRec")):
+            for enc, name in _encoders():
                 run = Path(a.runs) / f"{d}-{enc}" / run_id
                 f = run / "test_metrics.json"
                 if not f.is_file():

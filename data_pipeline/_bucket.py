@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from data_pipeline._stage import read_bucket
 from data_pipeline._tarwriter import ShardWriter
 from data_pipeline.shards import UserBlock
+from data_pipeline.errors import DataError
 
 
 def _filter(table: pa.Table, keep_items: Optional[pa.Array], k: int):
@@ -113,7 +114,7 @@ def write_bucket(stage_dir: str, b: int, item_map_path: str, k: int, user_base: 
         table, _ = _filter(table.filter(pa.array(dense > 0)), None, k)
         dense = dense_items(table.column("item"), omap)
     if len(dense) and dense.min() == 0:
-        raise ValueError(f"bucket {b}: items missing from the item map (stale work dir?)")
+        raise DataError(f"bucket {b}: items missing from the item map (stale work dir?)")
     ts = table.column("ts").to_numpy()
     if table.num_rows == 0:
         order, uniq, lengths = np.zeros(0, np.int64), pa.array([], table.schema.field("user").type), np.zeros(0, np.int64)

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from data_pipeline._text import INT64_MAX, block_bytes, first_lines, iter_blocks
 from data_pipeline.formats.base import BadLine, Chunk
+from data_pipeline.errors import DataError
 
 _LINE = re.compile(rb"^[ \t]*[0-9]+(?:[ \t]+[0-9]+)+[ \t]*$")
 _LONGEST = len(str(INT64_MAX))
@@ -38,11 +39,11 @@ class UserLinesReader:
     def __init__(self, src, path: str) -> None:
         self.path, self.string_ids = path, src.string_ids
         if not first_lines(path, 1):
-            raise ValueError(f"{path}: empty file: no events")
+            raise DataError(f"{path}: empty file: no events")
 
     def chunks(self, batch_rows: int, units: Optional[Sequence[int]] = None) -> Iterator[Chunk]:
         if units is not None:
-            raise ValueError(f"{self.path}: text files are read whole")
+            raise DataError(f"{self.path}: text files are read whole")
         for first, block in iter_blocks(self.path, block_bytes(batch_rows)):
             users: List[bytes] = []
             lines: List[List[bytes]] = []

@@ -15,6 +15,7 @@ from data_pipeline._bucket import count_bucket
 from data_pipeline._pool import run_tasks
 from data_pipeline._stage import stage
 from data_pipeline.config import PrepareConfig, SourceConfig, parse_size
+from data_pipeline.errors import DataError
 
 BYTES_PER_EVENT = 120  # per-bucket working set per event: ~110 B measured at 3.1M events/bucket (docs/DATA.md)
 
@@ -43,7 +44,7 @@ def make_plan(src: SourceConfig, cfg: PrepareConfig, work: str, item_map_path: s
     biggest = max(staged["bucket_events"])
     if biggest * BYTES_PER_EVENT > parse_size(cfg.memory_limit):
         need = -(-staged["events"] * BYTES_PER_EVENT // parse_size(cfg.memory_limit)) * 2
-        raise ValueError(f"prepare.num_buckets: bucket of {biggest} events needs ~{biggest * BYTES_PER_EVENT / 1e9:.1f} GB "
+        raise DataError(f"prepare.num_buckets: bucket of {biggest} events needs ~{biggest * BYTES_PER_EVENT / 1e9:.1f} GB "
                          f"> memory_limit={cfg.memory_limit}; use num_buckets >= {need}")
     nb, k = cfg.num_buckets, cfg.k_core
     keep_path, rounds = "", 0
@@ -54,7 +55,7 @@ def make_plan(src: SourceConfig, cfg: PrepareConfig, work: str, item_map_path: s
                         cfg.workers, f"count{' (k-core round %d)' % rounds if k > 1 else ''}", cfg.progress)
         counts = _merge_counts(outs)
         if counts is None or counts.num_rows == 0:
-            raise ValueError(f"{src.path}: no events left after k_core={k}")
+            raise DataError(f"{src.path}: no events left after k_core={k}")
         small = pc.less(counts.column("count"), k) if k > 1 else None
         # the user set is a function of the item set, so the fixed point is reached when no
         # surviving item has 0 < count < k (items left with no events vanish harmlessly)

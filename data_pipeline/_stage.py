@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from data_pipeline.config import PrepareConfig, SourceConfig
 from data_pipeline.readers import ReadStats, iter_events, parquet_units
+from data_pipeline.errors import DataError
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -67,7 +68,7 @@ def stage_part(src: SourceConfig, cfg: PrepareConfig, stage_dir: str, part: int,
                     sinks[b] = pa.OSFile(bucket_path(stage_dir, part, b) + ".tmp", "wb")
                     writers[b] = pa.ipc.new_stream(sinks[b], schema)
             elif batch.schema != schema:
-                raise ValueError(f"{src.path}: files disagree on column types ({batch.schema} vs {schema})")
+                raise DataError(f"{src.path}: files disagree on column types ({batch.schema} vs {schema})")
             bid = bucket_of(batch.column(0), nb)
             order = np.argsort(bid, kind="stable")
             cnt = np.bincount(bid, minlength=nb)
@@ -114,14 +115,14 @@ def stage(src: SourceConfig, cfg: PrepareConfig, stage_dir: str, progress: bool 
         res = [stage_part(src, cfg, stage_dir, 0, None, progress)]
     schemas = {tuple(r["schema"]) for r in res if r["schema"] is not None}
     if len(schemas) > 1:
-        raise ValueError(f"{src.path}: files disagree on column types {sorted(schemas)}")
+        raise DataError(f"{src.path}: files disagree on column types {sorted(schemas)}")
     counts = np.sum([r["bucket_events"] for r in res], axis=0)
     read = ReadStats()
     for r in res:
         read.merge(r["read"])
     if not schemas or counts.sum() == 0:
         what = " after filters" if read.rows else ""
-        raise ValueError(f"{src.path}: no events{what} (empty input)")
+        raise DataError(f"{src.path}: no events{what} (empty input)")
     schema = schemas.pop()
     return {"read": read.as_dict(), "events": int(counts.sum()), "bucket_events": counts.tolist(),
             "user_type": schema[0], "item_type": schema[1], "ts_per_second": read.ts_per_second}

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from data_pipeline.formats.base import BadLine, Chunk
+from data_pipeline.errors import DataError
 
 INT_RE = re.compile(r"^-?[0-9]+$")
 FLOAT_RE = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
@@ -56,7 +57,7 @@ def iter_blocks(path: str, block_size: int, skip_through: int = 0) -> Iterator[T
                 chunk = f.read(piece)
             except (EOFError, OSError, zlib.error) as e:
                 lost = lineno + sum(p.count(b"\n") for p in pending)
-                raise ValueError(f"{path}:{lost}: the gzip data ends early or is corrupt (truncated file?): {e}") from None
+                raise DataError(f"{path}:{lost}: the gzip data ends early or is corrupt (truncated file?): {e}") from None
             if chunk:
                 pending.append(chunk)
                 size += len(chunk)
@@ -194,7 +195,7 @@ class DelimitedBlocks:
             table = self._arrow(b"\n".join(good) + b"\n") if good else self._empty()
             if table is None:
                 last = first + block.count(b"\n") - 1
-                raise ValueError(f"{self.spec.path}:{first}: lines {first}-{last} pass the line check but "
+                raise DataError(f"{self.spec.path}:{first}: lines {first}-{last} pass the line check but "
                                  "cannot be parsed; please report this file")
             yield table, bad
 
@@ -239,7 +240,7 @@ def read_header(path: str, delimiter: str) -> Tuple[int, List[str]]:
     """(line number, column names) of the first non-blank line; ValueError if there is none."""
     lines = first_lines(path, 1)
     if not lines:
-        raise ValueError(f"{path}: empty file (no header line)")
+        raise DataError(f"{path}: empty file (no header line)")
     lineno, raw = lines[0]
     text = raw.decode("utf-8-sig", errors="replace")
     return lineno, split_fields(text, delimiter, quoting=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Optional
+from data_pipeline.errors import DataError
 
 BAD_LINE_MODES = ("error", "skip")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
@@ -19,13 +20,13 @@ def parse_size(text: str, name: str = "size") -> int:
     """``"4GB"`` / ``"512MiB"`` / ``"1000"`` -> bytes; ValueError naming ``name`` otherwise."""
     m = _SIZE.match(str(text))
     if not m or m.group(2).upper() not in _UNITS:
-        raise ValueError(f"{name}: cannot parse size {text!r} (e.g. '4GB', '512MiB')")
+        raise DataError(f"{name}: cannot parse size {text!r} (e.g. '4GB', '512MiB')")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
     if not cond:
-        raise ValueError(f"{name}: {msg}")
+        raise DataError(f"{name}: {msg}")
 
 
 @dataclass

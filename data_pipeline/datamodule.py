@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from data_pipeline import splits
 from data_pipeline.manifest import ManifestError, load_manifest, require_checksums, resolve_urls
 from data_pipeline.sharding import EvalDataset, ShardReadError, TrainDataset, check_rank, user_lengths
+from data_pipeline.errors import DataError
 
 SEEN_WINDOWS = ("history", "input")
 MP_CONTEXTS = ("fork", "spawn", "forkserver")
@@ -63,26 +64,26 @@ class LoaderConfig:
     def validate(self) -> None:
         for name in ("max_len", "batch_size", "eval_batch_size", "shuffle_buffer", "bucket_pool"):
             if getattr(self, name) < 1:
-                raise ValueError(f"LoaderConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise DataError(f"LoaderConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
-            raise ValueError(f"LoaderConfig.num_workers must be >= 0, got {self.num_workers}")
+            raise DataError(f"LoaderConfig.num_workers must be >= 0, got {self.num_workers}")
         for name in ("max_tokens", "eval_max_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"LoaderConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
+                raise DataError(f"LoaderConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
         if self.eval_max_tokens is not None and self.max_tokens is None:
-            raise ValueError("LoaderConfig.eval_max_tokens needs max_tokens (token-budget batches) to be set")
+            raise DataError("LoaderConfig.eval_max_tokens needs max_tokens (token-budget batches) to be set")
         if self.eval_max_tokens is not None and self.eval_max_tokens < self.max_tokens:
-            raise ValueError(f"LoaderConfig.eval_max_tokens={self.eval_max_tokens} must be >= max_tokens="
+            raise DataError(f"LoaderConfig.eval_max_tokens={self.eval_max_tokens} must be >= max_tokens="
                              f"{self.max_tokens} (every row that fits training must fit evaluation)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"LoaderConfig.steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
+            raise DataError(f"LoaderConfig.steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
         if self.seen_window not in SEEN_WINDOWS:
-            raise ValueError(f"LoaderConfig.seen_window must be one of {SEEN_WINDOWS}, got {self.seen_window!r}")
+            raise DataError(f"LoaderConfig.seen_window must be one of {SEEN_WINDOWS}, got {self.seen_window!r}")
         if self.multiprocessing_context not in (None,) + MP_CONTEXTS:
-            raise ValueError(f"LoaderConfig.multiprocessing_context must be None or one of {MP_CONTEXTS}, "
+            raise DataError(f"LoaderConfig.multiprocessing_context must be None or one of {MP_CONTEXTS}, "
                              f"got {self.multiprocessing_context!r}")
         if self.persistent_workers and self.num_workers == 0:
-            raise ValueError("LoaderConfig.persistent_workers needs num_workers >= 1")
+            raise DataError("LoaderConfig.persistent_workers needs num_workers >= 1")
 
 
 class _EpochLoader(DataLoader):
@@ -192,7 +193,7 @@ class ElasticDataModule(L.LightningDataModule):
                 longest = int(np.argmax(lengths))
                 need = min(int(lengths[longest]), c.max_len)  # the predict input (test/valid are shorter)
                 if need > c.max_tokens:
-                    raise ValueError(
+                    raise DataError(
                         f"{self.cfg.data_dir}: user {int(users[longest])} has {int(lengths[longest])} events, so its "
                         f"model input of {need} items exceeds data.loader.max_tokens={c.max_tokens}; raise "
                         "data.loader.max_tokens, lower data.loader.max_len, or set "

@@ -15,6 +15,7 @@ import os
 import urllib.request
 import zipfile
 from typing import Optional
+from data_pipeline.errors import DataError
 
 BASE_URL = "https://files.grouplens.org/datasets/movielens/"
 DATASETS = {
@@ -25,7 +26,7 @@ DATASETS = {
 
 def dataset_url(name: str, base_url: str = BASE_URL) -> str:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     return base_url.rstrip("/") + "/" + DATASETS[name]["zip"]
 
 
@@ -53,7 +54,7 @@ def _expected_md5(url: str) -> str:
         text = r.read().decode("ascii", errors="replace")
     token = next((t for t in text.split() if len(t) == 32 and all(c in "0123456789abcdef" for c in t.lower())), None)
     if token is None:
-        raise ValueError(f"{url}.md5: no md5 digest found in {text[:100]!r}")
+        raise DataError(f"{url}.md5: no md5 digest found in {text[:100]!r}")
     return token.lower()
 
 
@@ -63,11 +64,11 @@ def extract(zip_path: str, dest: str) -> None:
     with zipfile.ZipFile(zip_path) as z:
         bad = z.testzip()
         if bad is not None:
-            raise ValueError(f"{zip_path}: corrupt member {bad}")
+            raise DataError(f"{zip_path}: corrupt member {bad}")
         for m in z.infolist():
             target = os.path.realpath(os.path.join(dest, m.filename))
             if os.path.commonpath([root, target]) != root:
-                raise ValueError(f"{zip_path}: member {m.filename!r} would be written outside {dest}")
+                raise DataError(f"{zip_path}: member {m.filename!r} would be written outside {dest}")
         z.extractall(dest)
 
 
@@ -85,10 +86,10 @@ def download(name: str, dest: str, base_url: str = BASE_URL, md5: Optional[str] 
         want = (md5 or _expected_md5(url)).lower()
         if got != want:
             os.remove(zpath)
-            raise ValueError(f"{url}: md5 {got} != expected {want}; download removed")
+            raise DataError(f"{url}: md5 {got} != expected {want}; download removed")
     extract(zpath, dest)
     if not os.path.exists(ratings):
-        raise ValueError(f"{zpath}: does not contain {DATASETS[name]['ratings']}")
+        raise DataError(f"{zpath}: does not contain {DATASETS[name]['ratings']}")
     os.remove(zpath)
     return ratings
 

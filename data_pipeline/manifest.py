@@ -15,12 +15,14 @@ from typing import Sequence
 
 import braceexpand
 
+from data_pipeline.errors import DataError
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 2  # what prepare writes
 READABLE_VERSIONS = (1, 2)
 
 
-class ManifestError(ValueError):
+class ManifestError(DataError):
     """The manifest is missing, malformed, or does not match its shards."""
 
 

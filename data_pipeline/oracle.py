@@ -38,6 +38,7 @@ import numpy as np
 from data_pipeline.config import SyntheticConfig
 from data_pipeline.synthetic import (Catalog, Events, catalog, chunk_bounds, chunk_events, favourite_count, lengths,
                                      popularity_weights)
+from data_pipeline.errors import DataError
 
 HELD_OUT = {"test": 1, "valid": 2}
 
@@ -262,7 +263,7 @@ def oracle_metrics(cfg: SyntheticConfig, split: str = "test", windows=(50,), fil
     from elastic_pl.metrics import FullRankingMetrics
 
     if seen_first and not filter_seen:
-        raise ValueError("seen_first only makes sense when the history is filtered")
+        raise DataError("seen_first only makes sense when the history is filtered")
     metrics: dict = {}
     for scores, target, seen in target_batches(cfg, split, windows, popularity, seen_first):
         for name, sc in scores.items():
@@ -280,7 +281,7 @@ def load_synthetic(path: str, overrides=()) -> SyntheticConfig:
 
     cfg = load_config(path, [o if o.startswith("data.") else f"data.synthetic.{o}" for o in overrides])
     if cfg.data.synthetic is None:
-        raise ValueError(f"{path}: data.synthetic is null (not a synthetic log)")
+        raise DataError(f"{path}: data.synthetic is null (not a synthetic log)")
     return cfg.data.synthetic
 
 

@@ -39,6 +39,7 @@ from data_pipeline._tarwriter import fsync_dir
 from data_pipeline.config import DataPrepConfig, PrepareConfig, SourceConfig
 from data_pipeline.manifest import FORMAT_VERSION
 from data_pipeline.readers import check_inputs, resolve_files
+from data_pipeline.errors import DataError
 
 _BYTE_FIELDS = ("k_core", "num_buckets", "users_per_block", "shard_max_events")
 
@@ -86,7 +87,7 @@ def plan(src: SourceConfig, cfg: PrepareConfig) -> dict:
     checked first; if reading fails, the work files are removed again (and ``output_dir`` if
     this call created it)."""
     if not cfg.output_dir:
-        raise ValueError("prepare.output_dir: empty")
+        raise DataError("prepare.output_dir: empty")
     check_inputs(src)
     fp = fingerprint(src, cfg)
     old = _read_json(_work(cfg, "plan.json"))
@@ -114,7 +115,7 @@ def _done_path(cfg: PrepareConfig, b: int) -> str:
 def _load_plan(cfg: PrepareConfig) -> dict:
     p = _read_json(_work(cfg, "plan.json"))
     if p is None:
-        raise FileNotFoundError(f"{_work(cfg, 'plan.json')} missing: run the plan stage (--plan) first")
+        raise DataError(f"{_work(cfg, 'plan.json')} missing: run the plan stage (--plan) first")
     return p
 
 
@@ -122,7 +123,7 @@ def prepare_bucket(src: SourceConfig, cfg: PrepareConfig, bucket: int) -> dict:
     """Stage 2 for one bucket (idempotent: a bucket with a valid done-file is skipped)."""
     p = _load_plan(cfg)
     if not 0 <= bucket < cfg.num_buckets:
-        raise ValueError(f"bucket {bucket} not in 0..{cfg.num_buckets - 1}")
+        raise DataError(f"bucket {bucket} not in 0..{cfg.num_buckets - 1}")
     done = _read_json(_done_path(cfg, bucket))
     if done is not None and done.get("fingerprint") == p["fingerprint"]:
         return done
@@ -194,7 +195,7 @@ def prepare(source: SourceConfig, cfg: PrepareConfig) -> dict:
     source.validate()
     cfg.validate()
     if not cfg.output_dir:
-        raise ValueError("prepare.output_dir: empty")
+        raise DataError("prepare.output_dir: empty")
     check_inputs(source)  # before anything is written
     man = _read_json(os.path.join(cfg.output_dir, "manifest.json"))
     if man is not None and man.get("fingerprint") == fingerprint(source, cfg) and not os.path.exists(_work(cfg)):

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from data_pipeline import formats
 from data_pipeline.config import SourceConfig
 from data_pipeline.formats.base import BadLine
+from data_pipeline.errors import DataError
 
 MAX_EXAMPLES = 10  # bad lines kept word for word in the read statistics
 
@@ -54,7 +55,7 @@ class ReadStats:
         if self.ts_source is None:
             self.ts_source, self.ts_per_second = path, ts_per_second
         elif ts_per_second != self.ts_per_second:
-            raise ValueError(f"{path}: {describe_ts(ts_per_second)}, but {self.ts_source} has "
+            raise DataError(f"{path}: {describe_ts(ts_per_second)}, but {self.ts_source} has "
                              f"{describe_ts(self.ts_per_second)}; all input files must agree")
 
     def merge(self, other: dict) -> None:
@@ -79,7 +80,7 @@ def describe_ts(ts_per_second: Optional[int]) -> str:
 def resolve_files(path: str) -> List[str]:
     """A file, a directory (its non-hidden files, README* excluded) or a glob -> sorted files."""
     if not path:
-        raise ValueError("source.path: empty")
+        raise DataError("source.path: empty")
     if os.path.isdir(path):
         files = [os.path.join(path, f) for f in os.listdir(path)
                  if not f.startswith((".", "_")) and not f.upper().startswith("README")]
@@ -91,7 +92,7 @@ def resolve_files(path: str) -> List[str]:
     if not files:
         what = "no file matches the glob" if any(ch in path for ch in "*?[") else \
             "the directory holds no input files" if os.path.isdir(path) else "no such file"
-        raise ValueError(f"source.path: no input files at {path!r} ({what})")
+        raise DataError(f"source.path: no input files at {path!r} ({what})")
     return files
 
 
@@ -102,7 +103,7 @@ def detect_format(path: str) -> str:
 
 def _open(src: SourceConfig, path: str):
     if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: empty file (0 bytes)")
+        raise DataError(f"{path}: empty file (0 bytes)")
     return formats.format_of(path, src.format).open(src, path)
 
 
@@ -116,7 +117,7 @@ def check_inputs(src: SourceConfig) -> List[str]:
         reader = _open(src, path)
         stats.set_timestamps(path, reader.ts_per_second)
         if src.min_rating is not None and not formats.format_of(path, src.format).ratings:
-            raise ValueError(f"source.min_rating: {path} ({formats.format_of(path, src.format).name}) has no ratings")
+            raise DataError(f"source.min_rating: {path} ({formats.format_of(path, src.format).name}) has no ratings")
     return files
 
 
@@ -140,11 +141,11 @@ class _Policy:
         if not bad:
             return
         if self.src.on_bad_line == "error":
-            raise ValueError(bad[0].message() + " (source.on_bad_line=skip drops and counts bad lines)")
+            raise DataError(bad[0].message() + " (source.on_bad_line=skip drops and counts bad lines)")
         self.stats.add_bad(bad[0].path, len(bad), [b.message() for b in bad[:MAX_EXAMPLES]])
         limit = self.src.max_bad_lines
         if limit is not None and self.stats.bad_lines > limit:
-            raise ValueError(f"{bad[-1].message()}: more than source.max_bad_lines={limit} bad lines "
+            raise DataError(f"{bad[-1].message()}: more than source.max_bad_lines={limit} bad lines "
                              f"({self.stats.bad_lines} so far)")
 
 
@@ -190,5 +191,5 @@ def read_events(src: SourceConfig, batch_rows: int = 1 << 20) -> "tuple[pa.Table
     batches = list(iter_events(src, stats, batch_rows))
     table = pa.Table.from_batches(batches) if batches else None
     if table is None or table.num_rows == 0:
-        raise ValueError(f"{src.path}: no events (empty input{' after filters' if stats.rows else ''})")
+        raise DataError(f"{src.path}: no events (empty input{' after filters' if stats.rows else ''})")
     return table, stats

@@ -27,6 +27,7 @@ from torch.utils.data import IterableDataset
 
 from data_pipeline import batching, splits
 from data_pipeline.shard_reader import ShardReadError, read_blocks, user_lengths
+from data_pipeline.errors import DataError
 
 __all__ = ["ShardReadError", "read_blocks", "user_lengths", "TrainDataset", "EvalDataset"]
 
@@ -39,7 +40,7 @@ def current_worker() -> tuple[int, int]:
 
 def check_rank(rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        raise DataError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
 
 
 def split_range(total: int, parts: int, index: int) -> tuple[int, int]:
@@ -121,7 +122,7 @@ _PAD_TS = _PAD + (np.zeros(1, np.int64),)
 
 def _shard_options(urls: Sequence[str], checksums: Sequence[str | None] | None) -> list:
     if checksums is not None and len(checksums) != len(urls):
-        raise ValueError(f"{len(checksums)} checksums for {len(urls)} shards")
+        raise DataError(f"{len(checksums)} checksums for {len(urls)} shards")
     return list(checksums) if checksums is not None else [None] * len(urls)
 
 
@@ -150,14 +151,14 @@ class TrainDataset(IterableDataset):
                  timestamps: bool = False):
         check_rank(rank, world_size)
         if len(urls) != len(shard_users):
-            raise ValueError(f"{len(urls)} urls for {len(shard_users)} shards")
+            raise DataError(f"{len(urls)} urls for {len(shard_users)} shards")
         self.urls, self.shard_users, self.num_items = list(urls), list(shard_users), num_items
         self.checksums, self.timestamps = _shard_options(urls, checksums), timestamps
         self.max_len, self.batch_size, self.shuffle_buffer = max_len, batch_size, shuffle_buffer
         self.steps, self.seed, self.rank, self.world_size = steps, seed, rank, world_size
         self.max_tokens, self.bucket_pool = max_tokens, bucket_pool
         if max_tokens is not None and max_len > max_tokens:
-            raise ValueError(f"max_len={max_len} > max_tokens={max_tokens}: a window would not fit a batch")
+            raise DataError(f"max_len={max_len} > max_tokens={max_tokens}: a window would not fit a batch")
         self.epoch = 0  # set in the main process before each epoch (see datamodule._EpochLoader)
         self.skip = 0  # batches of this epoch already trained (a resumed epoch)
         self._iterations = 0  # epochs started by this copy since set_epoch (persistent workers never see it)
@@ -167,7 +168,7 @@ class TrainDataset(IterableDataset):
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         if not 0 <= skip <= self.steps:
-            raise ValueError(f"cannot skip {skip} batches of an epoch of {self.steps}")
+            raise DataError(f"cannot skip {skip} batches of an epoch of {self.steps}")
         self.epoch, self.skip, self._iterations = epoch, skip, 0
 
     def __iter__(self) -> Iterator[dict]:
@@ -251,7 +252,7 @@ class EvalDataset(IterableDataset):
                  lengths: np.ndarray | None = None, checksums: Sequence[str | None] | None = None,
                  timestamps: bool = False):
         if split not in splits.EVAL_SPLITS:
-            raise ValueError(f"split must be one of {splits.EVAL_SPLITS}, got {split!r}")
+            raise DataError(f"split must be one of {splits.EVAL_SPLITS}, got {split!r}")
         check_rank(rank, world_size)
         self.split, self.urls, self.shard_users, self.num_items = split, list(urls), list(shard_users), num_items
         self.num_users, self.max_len, self.batch_size = sum(self.shard_users), max_len, batch_size
@@ -263,7 +264,7 @@ class EvalDataset(IterableDataset):
     def _plan(self, lengths: np.ndarray | None, max_tokens: int) -> tuple[list[np.ndarray], int]:
         """(this rank's batches as slot arrays, batches every rank runs)."""
         if lengths is None or len(lengths) != self.num_users:
-            raise ValueError("token-budget evaluation needs every user's length")
+            raise DataError("token-budget evaluation needs every user's length")
         held = splits.held_out(self.split)
         rows = np.where(lengths >= held + 1, np.minimum(lengths - held, self.max_len), 1)  # pad row: 1 item
         counts, mine = [], None

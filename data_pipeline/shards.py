@@ -20,6 +20,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+from data_pipeline.errors import DataError
 
 FIELDS = ("users.npy", "offsets.npy", "items.npy")  # every sample has these
 TS_FIELD = "ts.npy"  # optional
@@ -42,17 +43,17 @@ class UserBlock:
         """Raise ValueError (naming ``where``) unless the arrays form a consistent block."""
         u, o, it = self.users, self.offsets, self.items
         if u.ndim != 1 or o.ndim != 1 or it.ndim != 1:
-            raise ValueError(f"{where}: users/offsets/items must be 1-D arrays")
+            raise DataError(f"{where}: users/offsets/items must be 1-D arrays")
         if len(o) != len(u) + 1 or (len(o) and (o[0] != 0 or o[-1] != len(it))):
-            raise ValueError(f"{where}: offsets do not match users ({len(u)}) and items ({len(it)})")
+            raise DataError(f"{where}: offsets do not match users ({len(u)}) and items ({len(it)})")
         if len(o) > 1 and np.any(np.diff(o) < 0):
-            raise ValueError(f"{where}: offsets are not non-decreasing")
+            raise DataError(f"{where}: offsets are not non-decreasing")
         if len(it) and it.min() < 1:
-            raise ValueError(f"{where}: item id {int(it.min())} < 1 (0 is reserved for padding)")
+            raise DataError(f"{where}: item id {int(it.min())} < 1 (0 is reserved for padding)")
         if num_items is not None and len(it) and it.max() > num_items:
-            raise ValueError(f"{where}: item id {int(it.max())} > num_items={num_items}")
+            raise DataError(f"{where}: item id {int(it.max())} > num_items={num_items}")
         if self.timestamps is not None and self.timestamps.shape != it.shape:
-            raise ValueError(f"{where}: {self.timestamps.shape} timestamps for {it.shape} items")
+            raise DataError(f"{where}: {self.timestamps.shape} timestamps for {it.shape} items")
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -78,7 +79,7 @@ def _load_npy(raw: bytes, where: str) -> np.ndarray:
     try:
         return np.load(io.BytesIO(raw), allow_pickle=False)
     except Exception as e:  # truncated/corrupt member
-        raise ValueError(f"{where}: cannot decode .npy member ({e})") from e
+        raise DataError(f"{where}: cannot decode .npy member ({e})") from e
 
 
 def decode_block(sample: dict, num_items: int | None = None, timestamps: bool = False) -> UserBlock:
@@ -87,7 +88,7 @@ def decode_block(sample: dict, num_items: int | None = None, timestamps: bool = 
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
     missing = [f for f in FIELDS + ((TS_FIELD,) if timestamps else ()) if f not in sample]
     if missing:
-        raise ValueError(f"{where}: sample lacks members {missing}")
+        raise DataError(f"{where}: sample lacks members {missing}")
     block = UserBlock(
         users=_load_npy(sample["users.npy"], where).astype(np.int64, copy=False),
         offsets=_load_npy(sample["offsets.npy"], where).astype(np.int64, copy=False),

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from data_pipeline.errors import DataError
 
 EVAL_SPLITS = ("valid", "test", "predict")
 # How many trailing items each evaluation split holds out of the history.
@@ -34,7 +35,7 @@ def held_out(split: str) -> int:
 
 def _check_split(split: str) -> int:
     if split not in _HELD_OUT:
-        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+        raise DataError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
     return _HELD_OUT[split]
 
 
@@ -67,7 +68,7 @@ def train_window(seq: np.ndarray, max_len: int, rng: np.random.Generator) -> tup
     """
     index, start, size = train_window_starts(np.array([len(seq)]), max_len, rng)
     if not len(index):
-        raise ValueError(f"a sequence of length {len(seq)} has no training example (needs >= 4 items)")
+        raise DataError(f"a sequence of length {len(seq)} has no training example (needs >= 4 items)")
     w = seq[start[0] : start[0] + size[0]]
     return w[:-1], w[1:]
 
@@ -86,7 +87,7 @@ def eval_example(seq: np.ndarray, split: str, max_len: int) -> tuple[np.ndarray,
     held = _check_split(split)
     n = len(seq)
     if n < held + 1:
-        raise ValueError(f"a sequence of length {n} has no {split} example (needs >= {held + 1} items)")
+        raise DataError(f"a sequence of length {n} has no {split} example (needs >= {held + 1} items)")
     history = seq[: n - held]
     target = int(seq[n - held]) if held else 0
     return history[-max_len:], target, history

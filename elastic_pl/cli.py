@@ -1,17 +1,28 @@
 """``elastic-pl prepare|train|evaluate|predict|export|demo --config FILE key=value ...``
 
 Every command reads the same config tree (elastic_pl.config): the YAML layers in order, then overrides.
-Config errors are reported before any work starts.
+Config errors are reported before any work starts. An error in the user's input (config, data,
+checkpoint, environment: ``USER_INPUT_ERRORS``) is one line naming the file, row or key, exit
+status 2 (its traceback with ``--debug``); any other exception is a bug and shows its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
+from data_pipeline.errors import DataError
+from data_pipeline.shard_reader import ShardReadError
+
 from .config import Config, ConfigError, load_config
+from .errors import UserInputError
+
+# errors that mean the input is wrong; the data pipeline's own types are listed here because it
+# sits upstream of elastic_pl (it cannot subclass elastic_pl.errors.UserInputError)
+USER_INPUT_ERRORS = (UserInputError, ConfigError, DataError, ShardReadError)
 
 HR_KEYS = ["hr@1", "hr@5", "hr@10", "hr@20", "hr@50"]
 NDCG_KEYS = ["ndcg@5", "ndcg@10", "ndcg@20", "ndcg@50", "mrr"]
@@ -60,7 +71,7 @@ def cmd_prepare(cfg: Config, args) -> dict:
 def cmd_train(cfg: Config, args) -> dict:
     from .train import fit
 
-    result = fit(cfg)
+    result = fit(cfg, trust_checkpoint=args.trust_checkpoint)
     if result.trainer.is_global_zero:
         print(f"\nrun directory: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}")
         print("test (leave-one-out, full ranking" + (", history filtered" if cfg.eval.filter_seen else "") + "):")
@@ -80,7 +91,8 @@ def cmd_evaluate(cfg: Config, args) -> dict:
     else:
         from .train import evaluate
 
-        metrics = evaluate(cfg, _checkpoint(args), split=args.split)
+        metrics = evaluate(cfg, _checkpoint(args), split=args.split, trust=args.trust_checkpoint,
+                           allow_data_mismatch=args.allow_data_mismatch)
     prefix = "val/" if args.split == "valid" else "test/"
     print(metrics_table(metrics, prefix))
     from lightning.pytorch.utilities import rank_zero_only
@@ -93,21 +105,49 @@ def cmd_evaluate(cfg: Config, args) -> dict:
 def cmd_predict(cfg: Config, args) -> dict:
     from .predict import predict
 
-    out = predict(cfg, _checkpoint(args), args.out)
+    out = predict(cfg, _checkpoint(args), args.out, trust=args.trust_checkpoint,
+                  allow_data_mismatch=args.allow_data_mismatch)
     print(f"wrote top-{cfg.eval.top_k} recommendations for {out['users']} users -> {out['path']}")
     return out
 
 
-def cmd_export(cfg: Config, args) -> dict:
-    from .export import check_export, export_serving
-    from .train import load_module
+def export_dir(checkpoint: str) -> Path:
+    """``<run dir>/serving/<checkpoint name>``: the run the checkpoint belongs to (also for an
+    ``hpc_ckpt_*.ckpt`` in the run directory itself or a consolidated file under it)."""
+    from .checkpoint import find_run_dir
 
-    module = load_module(_checkpoint(args))
-    out_dir = Path(args.out or Path(_checkpoint(args)).parent.parent / "serving")
+    run = find_run_dir(Path(checkpoint))
+    if run is None:
+        raise ConfigError(f"export: {checkpoint} is not inside a run directory (no config.yaml above it): "
+                          "pass --out DIR")
+    return run / "serving" / Path(checkpoint).name.removesuffix(".ckpt")
+
+
+def cmd_export(cfg: Config, args) -> dict:
+    import dataclasses
+
+    from .checkpoint import check_model_config, load_checkpoint, module_from_checkpoint
+    from .export import check_export, export_serving
+
+    checkpoint = _checkpoint(args)
+    out_dir = Path(args.out) if args.out else export_dir(checkpoint)
+    ckpt = load_checkpoint(checkpoint, args.trust_checkpoint)
+    if args.config or any(o.startswith("model.") for o in args.overrides):  # a model section was given
+        check_model_config(ckpt, checkpoint, dataclasses.asdict(cfg.model))
+    module = module_from_checkpoint(ckpt, checkpoint)
     info = export_serving(module.model.eval(), out_dir, format=args.format)
     errors = check_export(module.model.eval(), out_dir)
     print(f"exported serving path ({args.format}) -> {out_dir}; max rel. error vs eager: {errors}")
     return info
+
+
+def cmd_consolidate(cfg: Config, args) -> dict:
+    """A sharded (fsdp/fsdp2) checkpoint directory -> one weights_only-loadable file."""
+    from .checkpoint import consolidate
+
+    out = consolidate(_checkpoint(args), args.out)
+    print(f"consolidated {args.checkpoint} -> {out} (loads with torch.load(weights_only=True))")
+    return {"path": str(out)}
 
 
 def cmd_demo(cfg: Config, args) -> dict:
@@ -118,7 +158,7 @@ def cmd_demo(cfg: Config, args) -> dict:
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "export": cmd_export, "demo": cmd_demo}
+            "export": cmd_export, "consolidate": cmd_consolidate, "demo": cmd_demo}
 
 
 def _checkpoint(args) -> str:
@@ -142,7 +182,13 @@ def parser() -> argparse.ArgumentParser:
                    help="YAML config layer (see configs/); repeat to merge several in order, e.g. data, "
                         "model, recipe")
     p.add_argument("--checkpoint", help="evaluate/predict/export: a checkpoint file (or a sharded checkpoint "
-                                        "directory of trainer.strategy=fsdp|fsdp2)")
+                                        "directory of trainer.strategy=fsdp|fsdp2); consolidate: a sharded one")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="read a sharded checkpoint outside the run directories elastic-pl created for you "
+                        "(only one you wrote yourself; else `consolidate` it)")
+    p.add_argument("--allow-data-mismatch", action="store_true",
+                   help="evaluate/predict: use a checkpoint trained on other data (same catalog size)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     p.add_argument("--baseline", choices=["popularity", "transition"],
                    help="evaluate: a baseline instead of a checkpoint (transition: item-to-item Markov chain)")
     p.add_argument("--split", choices=["valid", "test"], default="test", help="evaluate: which split")
@@ -150,25 +196,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket", type=int, help="prepare: process one bucket only (SLURM array task; after --plan)")
     p.add_argument("--finalize", action="store_true", help="prepare: only write the manifest (after all buckets)")
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript", help="export format")
-    p.add_argument("--out", help="evaluate: metrics JSON; predict: Parquet file; export: directory")
+    p.add_argument("--out", help="evaluate: metrics JSON; predict: Parquet file (default: in the checkpoint's "
+                                 "run directory); export: directory (default: <run dir>/serving/<checkpoint>); "
+                                 "consolidate: file (default: consolidated/<name> next to the checkpoint)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. model.d_model=128")
     return p
 
 
+def _print_traceback(e: BaseException) -> None:
+    # the errors are raised `from None` to keep the message short; --debug wants the whole chain
+    link = e
+    while link is not None:
+        link.__suppress_context__ = False
+        link = link.__cause__ or link.__context__
+    traceback.print_exception(e)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_intermixed_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"elastic-pl: {e}", file=sys.stderr)
-        return 2
     from .strategies import Requeued
 
     try:
+        cfg = load_config(args.config, args.overrides)
         COMMANDS[args.command](cfg, args)
     except Requeued as e:  # SLURM preemption: the requeued job resumes from the saved checkpoint
         print(f"elastic-pl: {e}", file=sys.stderr)
-    except ConfigError as e:  # found once the work started (e.g. a run that trained no step)
+    except USER_INPUT_ERRORS as e:  # the input is wrong (also found once the work started)
+        if args.debug:
+            _print_traceback(e)
         print(f"elastic-pl: {e}", file=sys.stderr)
         return 2
     return 0

@@ -19,8 +19,10 @@ from omegaconf.errors import OmegaConfBaseException
 from data_pipeline.config import PrepareConfig, SourceConfig, SyntheticConfig
 from data_pipeline.datamodule import LoaderConfig
 
+from .config_components import check_components, select_components
 from .config_layers import LayerError, expand
 from .model.config import ModelConfig
+from .sparse_optim import ITEM_TABLE_UPDATES
 
 
 class ConfigError(ValueError):
@@ -35,6 +37,9 @@ class RunConfig:
     dir: Optional[str] = None  # overrides root/experiment/run_id (SLURM: stable per experiment)
     seed: int = 0  # model init and dropout; also the data order unless data.loader.seed is set
     config_files: List[str] = field(default_factory=list)  # the YAML layers merged, in order (set by load_config)
+    # a config that differs from the run directory's config.yaml: error (list the keys) | new_run
+    # (a fresh sibling directory) | allow (apply what a resume can apply, refuse the rest)
+    on_config_change: str = "error"
 
 
 @dataclass
@@ -58,6 +63,16 @@ class OptimConfig:
     beta2: float = 0.98
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    # how the item table is updated: dense (AdamW, like the rest) | rowwise_adagrad | lazy_adam (only
+    # the rows a batch touches; elastic_pl/sparse_optim.py). Row-sparse needs a loss that reads rows.
+    item_table: str = "dense"
+    item_table_lr: Optional[float] = None  # a row-sparse table's learning rate (default: lr)
+
+    def __post_init__(self) -> None:
+        if self.item_table not in ITEM_TABLE_UPDATES:
+            raise ValueError(f"optim.item_table: must be one of {ITEM_TABLE_UPDATES} (got {self.item_table!r})")
+        if self.item_table_lr is not None and self.item_table_lr <= 0:
+            raise ValueError(f"optim.item_table_lr: must be > 0 (got {self.item_table_lr})")
 
 
 @dataclass
@@ -77,7 +92,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 0  # 0 = off; else also keep a checkpoint every N steps
     early_stopping_patience: int = 0  # validations without val/ndcg@10 improvement; 0 = off
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no code generation, for checks)
     progress_bar: bool = True
+    dist_timeout_minutes: float = 10.0  # a collective waiting longer (a hung or stopped rank) fails the run
 
 
 @dataclass
@@ -94,6 +111,7 @@ class WandbConfig:
     project: str = "elastic-pl"
     entity: Optional[str] = None
     tags: List[str] = field(default_factory=list)
+    log_artifacts: bool = True  # end of fit: the best checkpoint and config.yaml as W&B artifacts (docs/WANDB.md)
 
 
 @dataclass
@@ -106,6 +124,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
+    def __post_init__(self) -> None:
+        check_components(self)  # what the encoder needs from the other sections
+
 
 CHOICES = {
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda"),
@@ -115,6 +136,7 @@ CHOICES = {
 
 
 def _merge(base, layer, source: str):
+    base, layer = select_components(base, layer, source)  # model.encoder / model.loss typed by name
     try:
         return OmegaConf.merge(base, layer)
     except OmegaConfBaseException as e:

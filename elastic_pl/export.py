@@ -1,8 +1,10 @@
-"""Export the serving path (``encode_last``, ELASTIC ``step``, the item table) and check it.
+"""Export the serving path (``encode_last``, ``step`` where the encoder streams, the item table)
+and check it.
 
 ``export_serving`` writes to ``out_dir``:
-  * ``encode_last.{pt,onnx}``: items int64 [B, N] (any padding pattern) -> hidden [B, D];
-  * ``step.{pt,onnx}`` (ELASTIC only): (state tensors..., items int64 [B]) -> (hidden [B, D],
+  * ``encode_last.{pt,onnx}``: items int64 [B, N] (any padding pattern), and timestamps int64
+    [B, N] where the encoder reads them (``serving.json["encode_last"]["inputs"]``) -> hidden [B, D];
+  * ``step.{pt,onnx}`` (encoders that stream: ELASTIC, GRU4Rec): (state tensors..., items int64 [B]) -> (hidden [B, D],
     new state tensors...), the state in the order of ``serving.json["step"]["state"]``;
   * ``items.pt``: the item matrix [V+1, D], a plain tensor (``torch.load(weights_only=True)``);
   * ``serving.json``: model config, file names, state names/shapes/dtypes/initial values, so a
@@ -13,10 +15,11 @@ Two export details:
   * compaction (``model/padding.py``) sorts a unique key with a plain argsort, since the ONNX
     exporter rejects ``argsort(stable=True)``;
   * LDA's prefix scan runs ceil(log2(#chunks)) steps, a Python loop over a shape that tracing
-    (and torch.export guards) freeze at the example's length. ELASTIC's ``encode_last`` therefore
-    takes the last ``window`` columns, left-padding shorter inputs, so the graph has one
-    internal length: any N <= window is exact (padding never changes real outputs), longer inputs
-    are truncated to their last ``window`` columns. SASRec needs no window and is fully dynamic.
+    (and torch.export guards) freeze at the example's length. For an encoder that declares
+    ``fixed_export_window`` (ELASTIC), ``encode_last`` therefore takes the last ``window``
+    columns, left-padding shorter inputs, so the graph has one internal length: any N <= window
+    is exact (padding never changes real outputs), longer inputs are truncated to their last
+    ``window`` columns. The others (SASRec, ...) are fully dynamic.
 Loading (``load_serving``) needs no Python model code and no general pickle: ``torch.jit.load``
 (TorchScript's own restricted unpickler) or onnxruntime, ``torch.load(weights_only=True)``, JSON.
 ELASTIC ``encode_last`` to ONNX goes through torch.export + onnxscript (slow: ~1 min on 2 CPUs).
@@ -48,10 +51,12 @@ class EncodeLast(nn.Module):
         super().__init__()
         self.model, self.window = model, window
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         if self.window is not None:  # last `window` columns, left-padded: one internal length
             items = F.pad(items, (self.window, 0))[:, -self.window:]
-        return self.model(items, last_only=True)
+            if timestamps is not None:
+                timestamps = F.pad(timestamps, (self.window, 0))[:, -self.window:]
+        return self.model(items, last_only=True, timestamps=timestamps)
 
 
 class Step(nn.Module):
@@ -107,7 +112,8 @@ def _export_one(module: nn.Module, args: tuple, path: Path, fmt: str, in_names: 
             # torch.export (needs onnxscript). onnxscript only translates 4-D
             # scaled_dot_product_attention (LDA's is 5-D), hence the decomposition first.
             dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("length", max=window)}
-            ep = torch.export.export(module, args, dynamic_shapes={"items": dims}).run_decompositions()
+            shapes = {"items": dims, "timestamps": dims}
+            ep = torch.export.export(module, args, dynamic_shapes={n: shapes[n] for n in in_names}).run_decompositions()
             torch.onnx.export(ep, args, str(path), dynamo=True, opset_version=ONNX_OPSET, input_names=in_names,
                               output_names=out_names, external_data=False, verbose=False)
 
@@ -116,25 +122,30 @@ def export_serving(model: SequentialRecommender, out_dir: Path, format: Literal[
                    example_len: int = 16, max_len: int | None = None) -> dict:
     """Write the serving artefacts (fp32, eval mode, CPU) and ``serving.json``; returns its content.
 
-    ``example_len`` is the traced example's length (checks use others); ``max_len`` is ELASTIC's
-    ``encode_last`` window (default ``cfg.max_positions``). The model itself is not modified."""
+    ``example_len`` is the traced example's length (checks use others); ``max_len`` is the
+    ``encode_last`` window of an encoder with ``fixed_export_window`` (default ``cfg.max_positions``). The model itself is not modified."""
     if format not in FORMATS:
         raise ValueError(f"export_serving: format must be one of {FORMATS} (got {format!r})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, cfg, ext = _serving_copy(model), model.cfg, SUFFIX[format]
-    elastic = cfg.encoder == "elastic"
-    window = (max_len or cfg.max_positions) if elastic else None
+    window = (max_len or cfg.max_positions) if type(model.encoder).fixed_export_window else None
     example_len = min(example_len, window or example_len)
     example = torch.randint(1, cfg.num_items + 1, (2, example_len), generator=torch.Generator().manual_seed(0))
     example[1, : example_len // 2] = 0
-    _export_one(EncodeLast(model, window), (example,), out_dir / f"encode_last{ext}", format, ["items"], ["hidden"],
-                {"items": {0: "batch", 1: "length"}, "hidden": {0: "batch"}}, window)
+    inputs = {"items": example}
+    if cfg.encoder.needs_timestamps:  # int64 seconds aligned with items
+        inputs["timestamps"] = torch.cumsum(torch.randint(0, 10**6, example.shape, generator=torch.Generator()
+                                                          .manual_seed(1)), dim=1)
+    _export_one(EncodeLast(model, window), tuple(inputs.values()), out_dir / f"encode_last{ext}", format,
+                list(inputs), ["hidden"], {**{n: {0: "batch", 1: "length"} for n in inputs}, "hidden": {0: "batch"}},
+                window)
     meta = {"format_version": 1, "format": format, "config": dataclasses.asdict(cfg),
             "l2_normalize": cfg.l2_normalize, "onnx_opset": ONNX_OPSET if format == "onnx" else None,
-            "encode_last": {"file": f"encode_last{ext}", "window": window, "example_shape": list(example.shape)},
+            "encode_last": {"file": f"encode_last{ext}", "window": window, "example_shape": list(example.shape),
+                            "inputs": list(inputs)},
             "items": {"file": "items.pt", "shape": [cfg.num_items + 1, cfg.d_model]}, "step": None}
-    if elastic:
+    if model.streams:
         spec = _state_spec(model)
         keys = [s["name"] for s in spec]
         meta["step"] = {"file": f"step{ext}", "state": spec}
@@ -149,7 +160,8 @@ def export_serving(model: SequentialRecommender, out_dir: Path, format: Literal[
 
 
 def load_serving(out_dir: Path) -> tuple[dict, Callable, Callable | None, torch.Tensor]:
-    """(meta, encode_last(items) -> hidden, step(state list, items) -> (hidden, state list), items)."""
+    """(meta, encode_last(items[, timestamps]) -> hidden, step(state list, items) -> (hidden, state
+    list), items); encode_last takes the inputs ``meta["encode_last"]["inputs"]`` names."""
     out_dir = Path(out_dir)
     meta = json.loads((out_dir / "serving.json").read_text())
     items = torch.load(out_dir / meta["items"]["file"], weights_only=True)
@@ -175,7 +187,7 @@ def load_serving(out_dir: Path) -> tuple[dict, Callable, Callable | None, torch.
     def step(state, x):
         out = step_sess(*state, x)
         return out[0], out[1:]
-    return meta, lambda x: enc_sess(x)[0], step if step_sess else None, items
+    return meta, lambda *xs: enc_sess(*xs)[0], step if step_sess else None, items
 
 
 def _errors(got: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -186,8 +198,8 @@ def _errors(got: torch.Tensor, ref: torch.Tensor) -> dict:
 def check_export(model: SequentialRecommender, out_dir: Path, batch: int = 5, seed: int = 0,
                  rtol: float = 1e-4) -> dict:
     """Run the artefacts against eager on random inputs whose batch size and lengths differ from
-    the export example, with left-padded rows and a row with holes; ``step`` streams 2C+3 items
-    from the JSON-described initial state against ``forward``. Raises if a rel error > ``rtol``."""
+    the export example, with left-padded rows and a row with holes; ``step`` streams the
+    encoder's ``stream_check_length()`` items (ELASTIC: 2C+3) from the JSON-described initial state against ``forward``. Raises if a rel error > ``rtol``."""
     meta, enc, step, items = load_serving(out_dir)
     model, cfg = _serving_copy(model), model.cfg
     g = torch.Generator().manual_seed(seed)
@@ -203,11 +215,14 @@ def check_export(model: SequentialRecommender, out_dir: Path, batch: int = 5, se
             x[torch.arange(n)[None, :] < pads[:, None]] = 0  # left padding, >= 1 real item per row
             x[-1, torch.rand(n, generator=g) < 0.3] = 0  # holes
             x[-1, -1] = max(int(x[-1, -1]), 1)
-            e = _errors(enc(x), model.encode_last(x))
+            inputs = [x]
+            if "timestamps" in meta["encode_last"].get("inputs", []):
+                inputs.append(torch.cumsum(torch.randint(0, 10**6, x.shape, generator=g), dim=1))
+            e = _errors(enc(*inputs), model.encode_last(*inputs))
             worst = {k: max(worst[k], e[k]) for k in worst}
         result["encode_last"] = worst
         if step is not None:
-            T = 2 * cfg.chunk_size + 3
+            T = model.encoder.stream_check_length()
             seq = torch.randint(1, cfg.num_items + 1, (batch, T), generator=g)
             ref, state, worst = model(seq), init_state(meta, batch), {"abs": 0.0, "rel": 0.0}
             for t in range(T):

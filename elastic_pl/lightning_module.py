@@ -12,8 +12,9 @@ import torch
 from .config import EvalConfig, OptimConfig
 from .metrics import FullRankingMetrics, target_ranks
 from .model import ModelConfig, SequentialRecommender
-from .model.memory import ProductKeyMemory
+from .model.memory import ProductKeyMemory, mean_read_statistics
 from .optim_groups import param_groups
+from . import item_table
 
 
 class ElasticLightningModule(L.LightningModule):
@@ -26,7 +27,7 @@ class ElasticLightningModule(L.LightningModule):
     def __init__(self, model: dict, optim: dict, eval: dict, run_config: Optional[dict] = None):
         super().__init__()
         self.save_hyperparameters()
-        self.model_cfg = ModelConfig(**model)
+        self.model_cfg = ModelConfig.from_dict(model)
         self.optim_cfg = OptimConfig(**optim)
         self.eval_cfg = EvalConfig(**eval)
         self.model = SequentialRecommender(self.model_cfg)
@@ -45,23 +46,25 @@ class ElasticLightningModule(L.LightningModule):
         return self.model(items)
 
     def configure_model(self) -> None:
-        """FSDP2 (``trainer.strategy=fsdp2``): shard every block, the interest memories and the
-        rest (embeddings) over the data-parallel mesh. Other strategies leave the model as is."""
+        """FSDP2 (``trainer.strategy=fsdp2``): shard the encoder's units (ELASTIC: every block and
+        interest memory) and the rest (embeddings) over the data-parallel mesh. Other strategies leave the model as is."""
+        item_table.prepare_model(self.model, self.optim_cfg.item_table)  # before DDP wraps it
         mesh = getattr(self, "device_mesh", None)
         if mesh is None or getattr(self, "_sharded", False):
             return
         from torch.distributed.fsdp import fully_shard
 
         dp = mesh["data_parallel"]
-        for block in self.model.encoder.blocks:
-            fully_shard(block, mesh=dp)
+        for unit in self.model.wrap_units():  # the encoder's FSDP units, innermost first
+            fully_shard(unit, mesh=dp)
         fully_shard(self.model, mesh=dp, reshard_after_forward=False)  # item table reused by the loss
         self._sharded = True
 
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        hidden = self.model(batch["items"])
-        loss = self.model.loss(hidden, batch["targets"])
+        with item_table.training_reads(self.model, self.optim_cfg.item_table):  # sparse rows if row-sparse
+            hidden = self.model(batch["items"], timestamps=batch.get("timestamps"))
+            loss = self.model.loss(hidden, batch["targets"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["items"].shape[0])
         self._tokens += int((batch["items"] != 0).sum())
         self._positions += batch["items"].numel()
@@ -114,7 +117,7 @@ class ElasticLightningModule(L.LightningModule):
 
     # -- evaluation ---------------------------------------------------------------------------
     def ranks(self, batch: dict) -> torch.Tensor:
-        query = self.model.query(self.model.encode_last(batch["items"]))
+        query = self.model.query(self.model.encode_last(batch["items"], batch.get("timestamps")))
         seen = batch["seen"] if self.eval_cfg.filter_seen else None
         return target_ranks(query, self.model.item_matrix(), batch["target"], seen, self.eval_cfg.chunk_size)
 
@@ -140,9 +143,10 @@ class ElasticLightningModule(L.LightningModule):
         memories = self._memories()
         for m in memories:
             m.track_usage = False
-        if memories:
-            touched = sum(m.slots_touched() for m in memories) / len(memories)
-            self.log("val/memory_slots_touched", float(touched), sync_dist=True, reduce_fx="max")
+        if memories:  # reads summed over ranks first, so every rank logs the same values
+            stats = mean_read_statistics(memories, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+            for key in ("slot_fraction", "read_entropy", "read_entropy_frac"):
+                self.log(f"val/memory_{key}", stats[key], sync_dist=False)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.test_metrics.update(self.ranks(batch), batch["valid"])
@@ -158,7 +162,7 @@ class ElasticLightningModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Top-k items per user (history excluded if ``filter_seen``), padding rows dropped."""
-        query = self.model.query(self.model.encode_last(batch["items"])).float()
+        query = self.model.query(self.model.encode_last(batch["items"], batch.get("timestamps"))).float()
         items = self.model.item_matrix().float()
         k = min(self.eval_cfg.top_k, items.shape[0] - 1)
         best_scores = torch.full((query.shape[0], k), -math.inf, device=query.device)
@@ -182,7 +186,7 @@ class ElasticLightningModule(L.LightningModule):
     def configure_optimizers(self):
         c = self.optim_cfg
         groups = param_groups(self.model, c.lr, c.weight_decay, c.memory_lr_mult)
-        opt = torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2))
+        opt = item_table.build_optimizer(self.model, groups, c, self.trainer.strategy)  # AdamW unless row-sparse
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(c.warmup_steps, total)
 
@@ -194,3 +198,6 @@ class ElasticLightningModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        item_table.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)

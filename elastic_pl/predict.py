@@ -9,9 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .checkpoint import find_run_dir
 from .config import Config
 from .tracking import finish_wandb
-from .train import build_datamodule, build_trainer, load_module, run_dir
+from .train import build_datamodule, build_trainer, load_for_data, run_dir
 
 
 def _id_map(data_dir: str, name: str, key: str) -> Optional[np.ndarray]:
@@ -27,11 +28,12 @@ def _id_map(data_dir: str, name: str, key: str) -> Optional[np.ndarray]:
     return out
 
 
-def predict(cfg: Config, checkpoint: str, out: Optional[str] = None) -> dict:
+def predict(cfg: Config, checkpoint: str, out: Optional[str] = None, trust: bool = False,
+            allow_data_mismatch: bool = False) -> dict:
     """Rows (user, rank, item, score); ``user``/``item`` are the original ids when the manifest's
-    id maps exist, else the dense ids. Each rank writes its own part under DDP."""
-    module = load_module(checkpoint)
-    module.eval_cfg = cfg.eval
+    id maps exist, else the dense ids. Written to ``out``, by default ``predictions.parquet`` in
+    the checkpoint's run directory. Each rank writes its own part under DDP."""
+    module = load_for_data(cfg, checkpoint, trust, allow_data_mismatch)
     dm = build_datamodule(cfg)
     directory = run_dir(cfg)
     trainer = build_trainer(cfg, directory, stage="predict")
@@ -51,7 +53,7 @@ def predict(cfg: Config, checkpoint: str, out: Optional[str] = None) -> dict:
         "item": (item_map[items] if item_map is not None else items).reshape(-1),
         "score": scores.reshape(-1).astype(np.float32),
     })
-    path = Path(out) if out else directory / "predictions.parquet"
+    path = Path(out) if out else (find_run_dir(Path(checkpoint)) or directory) / "predictions.parquet"
     if trainer.world_size > 1:
         path = path.with_name(f"{path.stem}-rank{trainer.global_rank}{path.suffix}")
     path.parent.mkdir(parents=True, exist_ok=True)

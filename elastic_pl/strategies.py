@@ -1,9 +1,9 @@
 """Distributed strategies selected by ``trainer.strategy``.
 
-``ddp`` (default on several devices), ``fsdp`` (Lightning's FSDPStrategy: full shard, blocks and
-the interest memory wrapped, sharded checkpoints; GPU only) and ``fsdp2`` (FSDP2 ``fully_shard``
-through Lightning's ModelParallelStrategy, applied in ``ElasticLightningModule.configure_model``;
-runs on CPU/gloo too).
+``ddp`` (default on several devices), ``fsdp`` (Lightning's FSDPStrategy: full shard, the units
+the encoder declares wrapped (ELASTIC: blocks and interest memories), sharded checkpoints; GPU
+only) and ``fsdp2`` (FSDP2 ``fully_shard`` of the same units through Lightning's
+ModelParallelStrategy, applied in ``ElasticLightningModule.configure_model``; runs on CPU/gloo too).
 
 Under SLURM (one task per device, started by ``srun``) :func:`check_slurm_layout` refuses a
 ``trainer.devices``/``trainer.num_nodes`` that does not match the tasks SLURM started.
@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -54,19 +55,43 @@ def check_slurm_layout(t: TrainerConfig) -> None:
 
 
 def build_strategy(t: TrainerConfig):
+    """The strategy for ``trainer.strategy``; every multi-process one gets the process-group timeout
+    ``trainer.dist_timeout_minutes``: a collective that waits longer (a rank hung, stopped or dead
+    without the launcher noticing) fails the run instead of holding the job until its time limit."""
+    timeout = timedelta(minutes=t.dist_timeout_minutes)
     if t.strategy == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 
-        from .model.encoder import Block
-        from .model.memory import ProductKeyMemory
-
-        return FSDPStrategy(auto_wrap_policy={Block, ProductKeyMemory}, sharding_strategy="FULL_SHARD",
-                            state_dict_type="sharded")
+        return FSDPStrategy(auto_wrap_policy=EncoderWrapPolicy(), sharding_strategy="FULL_SHARD",
+                            state_dict_type="sharded", timeout=timeout)
     if t.strategy == "fsdp2":
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        return ModelParallelStrategy(data_parallel_size=t.devices * t.num_nodes, tensor_parallel_size=1)
+        return ModelParallelStrategy(data_parallel_size=t.devices * t.num_nodes, tensor_parallel_size=1,
+                                     timeout=timeout)
+    multi = t.devices != 1 or t.num_nodes > 1  # what Lightning's "auto" runs as DDP
+    if t.strategy in ("ddp", "ddp_spawn") or (t.strategy == "auto" and multi):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(start_method="spawn" if t.strategy == "ddp_spawn" else "popen", timeout=timeout)
     return t.strategy
+
+
+class EncoderWrapPolicy:
+    """FSDP auto-wrap policy: a module is its own FSDP unit iff the recommender holding it lists
+    it in ``wrap_units()`` (the encoder's declaration). FSDP asks whether to descend into a module
+    before it asks about any of its descendants, so the recommender's units are known in time."""
+
+    def __init__(self):
+        self.units: set[int] = set()
+
+    def __call__(self, module, recurse: bool, nonwrapped_numel: int, **kwargs) -> bool:
+        if recurse:
+            wrap_units = getattr(module, "wrap_units", None)
+            if callable(wrap_units):
+                self.units.update(id(m) for m in wrap_units())
+            return True
+        return id(module) in self.units
 
 
 # -- preemption under SLURM ---------------------------------------------------------------------

@@ -41,13 +41,22 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
+def sweep_run_id() -> Optional[str]:
+    """The run id a W&B sweep agent (``wandb agent``) chose for the process it started, else None.
+    The agent sets ``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID``; a run under another id would not be
+    counted as the sweep's trial. Hyper-parameters still come from the command line only (the
+    agent's ``${args_no_hyphens}``), on every rank: never from ``wandb.config``."""
+    return os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+
+
 def run_id_for(directory: Path) -> str:
-    """The run's W&B id: read from the run directory, else derived from its path (the same on
-    every rank, so no rank has to wait for another to write it) and saved by rank 0."""
+    """The run's W&B id: read from the run directory, else the sweep agent's id, else derived from
+    its path (the same on every rank, so no rank has to wait for another to write it); saved by
+    rank 0."""
     path = directory / ID_FILE
     if path.is_file():
         return path.read_text().strip()
-    run_id = hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:12]
+    run_id = sweep_run_id() or hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:12]
     if rank_zero_only.rank == 0:
         directory.mkdir(parents=True, exist_ok=True)
         path.write_text(run_id + "\n")

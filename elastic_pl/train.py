@@ -4,51 +4,39 @@ A run lives in ``runs/<experiment>/<run_id>`` (or ``run.dir``): ``config.yaml`` 
 config), ``checkpoints/`` (best on val/ndcg@10, last after every epoch, every N steps), ``hpc_ckpt_*.ckpt``
 (written by Lightning on SLURM preemption), ``csv/<stage>-<time>/metrics.csv`` (one per launch:
 Lightning's CSV writer would overwrite an existing file), ``wandb/`` and
-``wandb_run_id.txt``. Starting a run in a directory that holds checkpoints resumes from the
-newest one (step counter, optimizer, schedule and W&B run continue).
+``wandb_run_id.txt`` and ``run_marker.json`` (run_marker: this user's elastic-pl made it). Starting
+a run in a directory that holds checkpoints resumes from the newest one (step counter, optimizer,
+schedule and W&B run continue); a config that differs from its ``config.yaml`` is handled by
+``run.on_config_change`` (run_dir). Checkpoints are read by ``checkpoint`` (weights_only, the data
+fingerprint and model config they record).
 """
 from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
 import json
-import os
-import time
+import pickle
 from pathlib import Path
 from typing import Optional, Sequence
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from data_pipeline.datamodule import ElasticDataModule
 
-from .config import Config, ConfigError, to_dict, to_yaml
+from .checkpoint import (RecordProvenance, check_data, check_model_config, is_sharded_checkpoint,  # noqa: F401
+                         load_checkpoint, load_module, module_from_checkpoint)
+from .config import Config, ConfigError, to_dict
+from .errors import CheckpointError
 from .lightning_module import ElasticLightningModule
+from .run_dir import open_run, resolve as run_dir, write_run_files
+from .run_marker import is_marked
 from .strategies import build_strategy, check_slurm_layout, requeue_callbacks, slurm_plugins
 from .tracking import build_wandb_logger, finish_wandb
+from .artifacts import log_fit_artifacts
 
 BEST_METRIC = "val/ndcg@10"
-
-
-def run_dir(cfg: Config) -> Path:
-    """The run's directory. Without ``run.run_id``/``run.dir`` a new id is made once per launch
-    (SLURM: the job id, stable across requeues and the same for every task) and passed to the
-    processes Lightning starts through the environment."""
-    if cfg.run.dir:
-        return Path(cfg.run.dir)
-    run_id = cfg.run.run_id or os.environ.get("SLURM_JOB_ID") or os.environ.get("ELASTIC_PL_RUN_ID")
-    if not run_id:
-        run_id = time.strftime("%Y%m%d-%H%M%S")
-        os.environ["ELASTIC_PL_RUN_ID"] = run_id
-    return Path(cfg.run.root) / cfg.run.experiment / run_id
-
-
-def is_sharded_checkpoint(path: Path) -> bool:
-    """A complete distributed checkpoint (fsdp / fsdp2 save a directory named like the file;
-    rank 0 writes its ``meta.pt`` last, so a directory without it is an unfinished save)."""
-    return path.is_dir() and (path / "meta.pt").is_file()
 
 
 def _checkpoint_mtime(path: Path) -> float:
@@ -141,12 +129,6 @@ def build_trainer(cfg: Config, directory: Path, *, stage: str, callbacks: Sequen
     )
 
 
-def save_config(cfg: Config, directory: Path, trainer: L.Trainer) -> None:
-    if trainer.is_global_zero:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.yaml").write_text(to_yaml(cfg))
-
-
 def _metrics_of(trainer: L.Trainer, prefix: str) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
@@ -160,27 +142,48 @@ class FitResult:
     wandb_summary: dict  # what W&B recorded (rank 0), read back before the run was finished
 
 
-def fit(cfg: Config, callbacks: Sequence = ()) -> FitResult:
+def _resume_checkpoint(directory: Path, trust: bool) -> Optional[Path]:
+    """The checkpoint to resume from. A sharded one is read by Lightning with torch's own reader
+    (which unpickles), so it must lie in a run directory this user's elastic-pl created (or ``trust``)."""
+    resume = latest_checkpoint(directory)
+    if resume is not None and resume.is_dir() and not (trust or is_marked(directory)):
+        raise CheckpointError(f"{resume}: resuming a sharded checkpoint in a run directory elastic-pl did not "
+                              f"create for this user (no valid run_marker.json in {directory}); pass "
+                              "--trust-checkpoint if you wrote it yourself")
+    return resume
+
+
+def fit(cfg: Config, callbacks: Sequence = (), trust_checkpoint: bool = False) -> FitResult:
     """Train (resuming if the run directory has a checkpoint), then test the best checkpoint.
     Under SLURM, raises ``strategies.Requeued`` after a SIGUSR1 (checkpoint saved, job requeued)."""
     L.seed_everything(cfg.run.seed, workers=True)
-    directory = run_dir(cfg)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm.num_items)
+    resolved = dataclasses.replace(cfg, model=module.model_cfg)
+    check_slurm_layout(cfg.trainer)  # before anything is written to the run directory
+    run = open_run(resolved, lambda d: latest_checkpoint(d) is not None)  # run.on_config_change; writes nothing
+    directory = run.path
+    resume = _resume_checkpoint(directory, trust_checkpoint)
     if cfg.trainer.compile:
-        module.model = torch.compile(module.model)
-    trainer = build_trainer(cfg, directory, stage="fit", callbacks=callbacks)
-    save_config(dataclasses.replace(cfg, model=module.model_cfg), directory, trainer)
-    resume = latest_checkpoint(directory)
+        module.model.compile(backend=cfg.trainer.compile_backend)  # in place: state_dict keys stay the plain model's
+    provenance = RecordProvenance(cfg.data.loader.data_dir, dataclasses.asdict(module.model_cfg))
+    trainer = build_trainer(cfg, directory, stage="fit", callbacks=[*callbacks, provenance])
+    if trainer.is_global_zero:
+        write_run_files(run, resolved)
     try:
-        # weights_only whatever the environment says (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD): no pickle runs
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
+        try:  # weights_only whatever the environment says (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD): no pickle runs
+            trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"{resume}: cannot be loaded with weights_only=True: it holds pickled objects "
+                                  f"other than tensors and plain values, which are never run "
+                                  f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
         if trainer.global_step == 0:  # an untrained model's test metrics are no result
             t = cfg.trainer
             raise ConfigError(f"no training step ran (trainer.max_epochs={t.max_epochs}, trainer.max_steps="
                               f"{t.max_steps}, trainer.max_time_minutes={t.max_time_minutes}): nothing to test")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)
+        log_fit_artifacts(trainer, directory, best, _metrics_of(trainer, "test/"), enabled=cfg.wandb.log_artifacts)
     finally:
         summary = finish_wandb(trainer.loggers)
     result = FitResult(str(directory), best, _metrics_of(trainer, "test/"), trainer, summary)
@@ -193,41 +196,24 @@ def fit(cfg: Config, callbacks: Sequence = ()) -> FitResult:
     return result
 
 
-def load_module(checkpoint: str) -> ElasticLightningModule:
-    """A trained module from a checkpoint, loaded with ``weights_only=True`` (no pickle). A sharded
-    checkpoint (a directory, from ``trainer.strategy=fsdp|fsdp2``) is consolidated in CPU memory."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        return _load_sharded(path)
-    return ElasticLightningModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
-
-
-def _load_sharded(path: Path) -> ElasticLightningModule:
-    if not is_sharded_checkpoint(path):
-        raise ValueError(f"{path} is a directory but not a complete sharded checkpoint (no meta.pt): an "
-                         "unfinished save, or not a checkpoint")
-    # Lightning's own consolidation (also `python -m lightning.fabric.utilities.consolidate_checkpoint
-    # DIR`): reads every shard with torch.distributed.checkpoint without a process group
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
-
-    ckpt = _load_distributed_checkpoint(path)
-    state = ckpt.get("state_dict", ckpt.get("model"))  # ModelParallelStrategy | FSDPStrategy layout
-    if state is None or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{path}: sharded checkpoint without model weights or hyper-parameters "
-                         f"(keys: {sorted(ckpt)})")
-    module = ElasticLightningModule(**ckpt["hyper_parameters"])
-    module.load_state_dict(state)
+def load_for_data(cfg: Config, checkpoint: str, trust: bool = False,
+                  allow_data_mismatch: bool = False) -> ElasticLightningModule:
+    """The module of ``checkpoint`` for evaluating / predicting on ``cfg``'s data: refuses a
+    checkpoint trained on other data (unless ``allow_data_mismatch``) or whose model config is not
+    ``cfg.model``."""
+    ckpt = load_checkpoint(checkpoint, trust)
+    check_model_config(ckpt, checkpoint, dataclasses.asdict(cfg.model))
+    check_data(ckpt, checkpoint, cfg.data.loader.data_dir, allow_data_mismatch)
+    module = module_from_checkpoint(ckpt, checkpoint)
+    module.eval_cfg = cfg.eval
     return module
 
 
-def evaluate(cfg: Config, checkpoint: str, split: str = "test") -> dict:
+def evaluate(cfg: Config, checkpoint: str, split: str = "test", trust: bool = False,
+             allow_data_mismatch: bool = False) -> dict:
     directory = run_dir(cfg)
     dm = build_datamodule(cfg)
-    module = load_module(checkpoint)
-    if module.model_cfg.num_items != dm.num_items:
-        raise ValueError(f"checkpoint {checkpoint} has num_items={module.model_cfg.num_items} but the data in "
-                         f"{cfg.data.loader.data_dir} has {dm.num_items}")
-    module.eval_cfg = cfg.eval
+    module = load_for_data(cfg, checkpoint, trust, allow_data_mismatch)
     trainer = build_trainer(cfg, directory, stage="evaluate")
     try:
         if split == "valid":

@@ -31,3 +31,11 @@ def slurm_cluster():
         yield cluster
     finally:
         cluster.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _run_marker_key(tmp_path_factory, monkeypatch):
+    """Run directories are signed with a per-user key (elastic_pl/run_marker.py); tests use their
+    own instead of creating one under the user's home."""
+    if "ELASTIC_PL_RUN_KEY" not in os.environ:
+        monkeypatch.setenv("ELASTIC_PL_RUN_KEY", str(tmp_path_factory.getbasetemp() / "run-key"))

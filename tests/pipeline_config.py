@@ -12,9 +12,9 @@ TINY = [
     "data.prepare.progress=false",
     "data.loader.max_len=32", "data.loader.batch_size=16", "data.loader.eval_batch_size=32",
     "data.loader.num_workers=0", "data.loader.steps_per_epoch=4", "data.loader.shuffle_buffer=64",
-    "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.num_experts=4", "model.chunk_size=8",
-    "model.memory_subkeys=8", "model.memory_topk=4", "model.memory_key_dim=8", "model.max_positions=32",
-    "model.num_negatives=32", "model.dropout=0.0",
+    "model.d_model=16", "model.encoder.n_heads=2", "model.n_layers=1", "model.encoder.num_experts=4",
+    "model.encoder.chunk_size=8", "model.encoder.memory_subkeys=8", "model.encoder.memory_topk=4",
+    "model.encoder.memory_key_dim=8", "model.max_positions=32", "model.loss.num_negatives=32", "model.dropout=0.0",
     "optim.warmup_steps=2", "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
     "trainer.progress_bar=false", "run.experiment=e2e",
 ]

@@ -29,7 +29,7 @@ def test_later_layers_win_and_are_recorded(tmp_path):
 def test_defaults_are_merged_depth_first_before_the_files_own_keys(tmp_path):
     _write(tmp_path / "data" / "d.yaml", "defaults: [../base]\ndata:\n  loader:\n    max_len: 33\n")
     _write(tmp_path / "base.yaml", "data:\n  loader:\n    max_len: 11\n    batch_size: 5\n")
-    _write(tmp_path / "model" / "m.yaml", "model:\n  d_model: 32\n  n_heads: 2\n")
+    _write(tmp_path / "model" / "m.yaml", "model:\n  d_model: 32\n  encoder: {n_heads: 2}\n")
     top = _write(tmp_path / "exp.yaml", "defaults: [data/d, model/m.yaml]\ndata:\n  loader:\n    batch_size: 6\n")
     cfg = load_config(top)
     assert (cfg.data.loader.max_len, cfg.data.loader.batch_size, cfg.model.d_model) == (33, 6, 32)

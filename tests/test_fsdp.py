@@ -54,7 +54,7 @@ def _sharded_train_resume_evaluate(data: Path, tmp_path: Path, strategy: str, *e
     assert latest_checkpoint(run) == last
     assert torch.load(last / "meta.pt", map_location="cpu", weights_only=True)["global_step"] == 3
 
-    out = _train(data, run, *args, "trainer.max_steps=6")
+    out = _train(data, run, *args, "trainer.max_steps=6", "run.on_config_change=allow")  # extended: 3 -> 6 steps
     assert f"Restoring states from the checkpoint path at {last}" in out, out[-4000:]
     assert logged_train_steps(run) == [[0, 1, 2], [3, 4, 5]]  # the global step continues, nothing repeated
     summary = json.loads((run / "test_metrics.json").read_text())
@@ -92,3 +92,41 @@ def test_fsdp2_cpu_sharded_checkpoint_resume_and_evaluate(data, tmp_path):
 @pytest.mark.parametrize("strategy", ["fsdp", "fsdp2"])
 def test_fsdp_gpu_sharded_checkpoint_resume_and_evaluate(data, tmp_path, strategy):
     _sharded_train_resume_evaluate(data, tmp_path, strategy, "trainer.accelerator=gpu")
+
+
+FSDP2_UNITS = r"""
+import os, sys, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from tests.test_registry import small
+from elastic_pl.model import SequentialRecommender
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo")
+mesh = init_device_mesh("cpu", (1,))
+torch.manual_seed(0)
+model = SequentialRecommender(small(sys.argv[1], n_layers=2))
+for unit in model.wrap_units():  # as ElasticLightningModule.configure_model does
+    fully_shard(unit, mesh=mesh)
+fully_shard(model, mesh=mesh, reshard_after_forward=False)
+for n in (3, 40):  # ELASTIC: the short-sequence path (no chunk has history) and the chunked one
+    items = torch.randint(1, 31, (2, n + 1))
+    model.loss(model(items[:, :-1]), items[:, 1:]).backward()
+    assert all(p.grad is not None for p in model.parameters()), n
+dist.destroy_process_group()
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("encoder", ["elastic", "sasrec", "hstu", "gru4rec", "tests.custom_encoder:CausalMeanEncoder"])
+def test_fsdp2_shards_each_encoders_declared_units(encoder):
+    """FSDP2 on the units an encoder declares, one process: every parameter gets its gradient at
+    any length. ELASTIC's interest memories are units of their own, reached even on batches too
+    short to read them."""
+    import socket
+
+    with socket.socket() as s:  # a free port for the one-process group
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    proc = subprocess.run([sys.executable, "-c", FSDP2_UNITS, encoder, port], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

@@ -38,9 +38,9 @@ def short_case(seed: int):
     g = torch.Generator().manual_seed(seed)
     r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
     H, dh, C, E, n_sub = r(1, 3), r(2, 8), r(1, 9), r(1, 5), r(2, 6)
-    cfg = ModelConfig(num_items=10, d_model=H * dh, n_heads=H, num_experts=E, chunk_size=C,
-                      use_memory=seed % 3 != 0, memory_subkeys=n_sub, memory_topk=r(1, n_sub),
-                      memory_key_dim=2 * r(1, 4), dropout=0.0)
+    cfg = ModelConfig.from_flat(dict(num_items=10, d_model=H * dh, n_heads=H, num_experts=E, chunk_size=C,
+                                     use_memory=seed % 3 != 0, memory_subkeys=n_sub, memory_topk=r(1, n_sub),
+                                     memory_key_dim=2 * r(1, 4), dropout=0.0))
     torch.manual_seed(seed)
     layer = LinearDispatcherAttention(cfg)
     B, N = r(1, 5), r(1, 2 * C)
@@ -94,9 +94,9 @@ def test_fast_path_is_causal(use_memory):
     """Changing the items after position t leaves the hidden state at t bit-identical."""
     torch.manual_seed(1)
     C = 8
-    cfg = ModelConfig(num_items=40, d_model=16, n_heads=2, n_layers=2, num_experts=3, chunk_size=C,
-                      use_memory=use_memory, memory_subkeys=6, memory_topk=3, memory_key_dim=8,
-                      dropout=0.0, max_positions=64)
+    cfg = ModelConfig.from_flat(dict(num_items=40, d_model=16, n_heads=2, n_layers=2, num_experts=3, chunk_size=C,
+                                     use_memory=use_memory, memory_subkeys=6, memory_topk=3, memory_key_dim=8,
+                                     dropout=0.0, max_positions=64))
     model = SequentialRecommender(cfg).eval()
     N = 2 * C
     items = torch.randint(1, cfg.num_items + 1, (3, N))
@@ -117,9 +117,9 @@ def test_fast_path_is_causal(use_memory):
 def test_step_equals_forward_on_short_sequences(seed):
     g = torch.Generator().manual_seed(seed)
     C = int(torch.randint(2, 9, (1,), generator=g))
-    cfg = ModelConfig(num_items=40, d_model=16, n_heads=2, n_layers=2, num_experts=3, chunk_size=C,
-                      use_memory=seed % 2 == 0, memory_subkeys=6, memory_topk=3, memory_key_dim=8,
-                      dropout=0.0, max_positions=64)
+    cfg = ModelConfig.from_flat(dict(num_items=40, d_model=16, n_heads=2, n_layers=2, num_experts=3, chunk_size=C,
+                                     use_memory=seed % 2 == 0, memory_subkeys=6, memory_topk=3, memory_key_dim=8,
+                                     dropout=0.0, max_positions=64))
     torch.manual_seed(seed)
     model = SequentialRecommender(cfg).eval()
     B, N = 3, int(torch.randint(1, 2 * C + 1, (1,), generator=g))
@@ -138,9 +138,9 @@ def test_fast_path_gives_every_parameter_a_gradient(use_memory):
     On the fast path the expert queries, expert keys/values and the memory take no part in
     the output, so their gradient must be a zero tensor, not None."""
     C = 4
-    cfg = ModelConfig(num_items=10, d_model=8, n_heads=2, num_experts=3, chunk_size=C,
-                      use_memory=use_memory, memory_subkeys=4, memory_topk=2, memory_key_dim=4,
-                      dropout=0.0)
+    cfg = ModelConfig.from_flat(dict(num_items=10, d_model=8, n_heads=2, num_experts=3, chunk_size=C,
+                                     use_memory=use_memory, memory_subkeys=4, memory_topk=2, memory_key_dim=4,
+                                     dropout=0.0))
     torch.manual_seed(2)
     layer = LinearDispatcherAttention(cfg)
     for N in range(1, 2 * C + 1):

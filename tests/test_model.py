@@ -1,8 +1,6 @@
 """Model core: LDA vs its O(N^2) reference, causality, streaming, gradients, config checks."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -23,9 +21,9 @@ def random_layer_case(seed: int):
     H, dh, C, E = r(1, 3), r(2, 8), r(1, 9), r(1, 5)
     N = [1, r(1, C), C * r(1, 4) + r(1, max(C - 1, 1)), r(2, 40)][seed % 4]
     n_sub = r(2, 6)
-    cfg = ModelConfig(num_items=10, d_model=H * dh, n_heads=H, num_experts=E, chunk_size=C,
-                      use_memory=bool(seed % 3), memory_subkeys=n_sub, memory_topk=r(1, n_sub),
-                      memory_key_dim=2 * r(1, 4), dropout=0.0)
+    cfg = ModelConfig.from_flat(dict(num_items=10, d_model=H * dh, n_heads=H, num_experts=E, chunk_size=C,
+                                     use_memory=bool(seed % 3), memory_subkeys=n_sub, memory_topk=r(1, n_sub),
+                                     memory_key_dim=2 * r(1, 4), dropout=0.0))
     torch.manual_seed(seed)
     layer = LinearDispatcherAttention(cfg).eval()
     B = r(1, 4)
@@ -87,10 +85,12 @@ def test_dispatch_exact_for_huge_logits():
 
 
 def model_cfg(**kw) -> ModelConfig:
+    """The test shapes; each encoder and loss takes the keys it declares (strict=False drops
+    ELASTIC's keys for the others)."""
     base = dict(num_items=40, d_model=16, n_heads=2, n_layers=2, num_experts=3, chunk_size=4,
                 memory_subkeys=6, memory_topk=3, memory_key_dim=8, dropout=0.0, max_positions=64)
     base.update(kw)
-    return ModelConfig(**base)
+    return ModelConfig.from_flat(base, strict=False)
 
 
 @pytest.mark.parametrize("kw", [dict(encoder="elastic"), dict(encoder="elastic", use_memory=False),
@@ -143,7 +143,7 @@ def test_step_equals_forward_at_every_position(use_memory):
     torch.manual_seed(4)
     cfg = model_cfg(use_memory=use_memory)
     model = SequentialRecommender(cfg).eval()
-    C = cfg.chunk_size
+    C = cfg.encoder.chunk_size
     for length in [1, 2, C - 1, C, C + 1, 2 * C, 3 * C + 1, 5 * C + 3]:
         items = torch.randint(1, 41, (2, length))
         with torch.no_grad():
@@ -236,17 +236,22 @@ def test_full_softmax_is_cross_entropy_over_catalog(temperature):
     assert torch.allclose(grad, grad_expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("field,value", [("d_model", 31), ("n_heads", 0), ("num_experts", 0), ("chunk_size", 0),
-                                         ("memory_topk", 100), ("encoder", "gru"), ("loss", "mse"),
-                                         ("memory_key_dim", 7), ("temperature", 0.0)])
-def test_invalid_config_names_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
-        dataclasses.replace(ModelConfig(d_model=32, n_heads=2), **{field: value})
+@pytest.mark.parametrize("field,value,key", [
+    ("d_model", 31, "model.encoder.n_heads"), ("n_heads", 0, "model.encoder.n_heads"),
+    ("num_experts", 0, "model.encoder.num_experts"), ("chunk_size", 0, "model.encoder.chunk_size"),
+    ("memory_topk", 100, "model.encoder.memory_topk"), ("encoder", "gru", "model.encoder.name"),
+    ("loss", "mse", "model.loss.name"), ("memory_key_dim", 7, "model.encoder.memory_key_dim"),
+    ("temperature", 0.0, "model.loss.temperature"), ("negatives", "none", "model.loss.negatives"),
+    ("n_layers", 0, "model.n_layers")])
+def test_invalid_config_names_the_key(field, value, key):
+    with pytest.raises(ValueError, match=key):
+        ModelConfig.from_flat({"d_model": 32, "n_heads": 2, field: value})
 
 
-def test_step_refused_for_sasrec():
+def test_step_refused_for_an_encoder_that_does_not_stream():
     model = SequentialRecommender(model_cfg(encoder="sasrec"))
-    with pytest.raises(ValueError, match="encoder"):
+    assert not model.streams
+    with pytest.raises(ValueError, match="does not stream"):
         model.init_state(1)
 
 

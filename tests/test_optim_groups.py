@@ -9,8 +9,9 @@ from elastic_pl.optim_groups import param_groups
 
 
 def _model() -> SequentialRecommender:
-    return SequentialRecommender(ModelConfig(num_items=50, d_model=16, n_heads=2, n_layers=1, memory_subkeys=4,
-                                             memory_topk=2, memory_key_dim=8, num_experts=4, chunk_size=4))
+    return SequentialRecommender(ModelConfig.from_flat(dict(num_items=50, d_model=16, n_heads=2, n_layers=1,
+                                                            memory_subkeys=4, memory_topk=2, memory_key_dim=8,
+                                                            num_experts=4, chunk_size=4)))
 
 
 def test_groups_cover_every_parameter_once_and_decay_only_linear_weights():

@@ -146,7 +146,7 @@ def test_resume_from_epoch_end_checkpoint_logs_every_step_once(trained, how):
             fit(load_config(None, base + ["trainer.max_steps=8"]), callbacks=[_Interrupt(at=4)])
     else:  # a finished run extended
         fit(load_config(None, base + ["trainer.max_steps=4"]))
-    result = fit(load_config(None, base + ["trainer.max_steps=8"]))
+    result = fit(load_config(None, base + ["trainer.max_steps=8", "run.on_config_change=allow"]))
     assert result.trainer.global_step == 8
     assert logged_train_steps(result.run_dir) == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
@@ -174,7 +174,7 @@ def test_last_checkpoint_follows_every_epoch_not_only_the_best(trained):
 
 @pytest.mark.parametrize("override,key", [("model.d_modell=3", "model.d_modell"),
                                           ("trainer.max_epochs=abc", "trainer.max_epochs"),
-                                          ("model.chunk_size=0", "chunk_size"),
+                                          ("model.encoder.chunk_size=0", "model.encoder.chunk_size"),
                                           ("trainer.strategy=magic", "trainer.strategy")])
 def test_bad_config_fails_before_work(tmp_path, capsys, override, key):
     assert main(["train", f"run.root={tmp_path}/runs", override]) == 2

@@ -12,6 +12,7 @@ import pkgutil
 from typing import Dict, List
 
 from data_pipeline.formats.base import BadLine, Chunk, FileReader, Format
+from data_pipeline.errors import DataError
 
 SNIFF_LINES = 1000  # first non-blank lines a sniffing vote looks at
 
@@ -38,7 +39,7 @@ def names() -> List[str]:
 
 def get(name: str) -> Format:
     if name not in registry():
-        raise ValueError(f"source.format: {name!r} is not one of auto, {', '.join(registry())}")
+        raise DataError(f"source.format: {name!r} is not one of auto, {', '.join(registry())}")
     return registry()[name]
 
 
@@ -62,18 +63,18 @@ def detect(path: str) -> Format:
     candidates = _by_extension(path)
     if not candidates:
         known = sorted({e for f in registry().values() for e in f.extensions})
-        raise ValueError(f"{path}: unknown file type (known endings: {' '.join(known)}); set source.format")
+        raise DataError(f"{path}: unknown file type (known endings: {' '.join(known)}); set source.format")
     if len(candidates) == 1:
         return candidates[0]
     from data_pipeline._text import first_lines
 
     lines = [raw for _, raw in first_lines(path, SNIFF_LINES)]
     if not lines:
-        raise ValueError(f"{path}: empty file (no data lines)")
+        raise DataError(f"{path}: empty file (no data lines)")
     votes = sorted(((sum(map(f.sniff, lines)), f.name) for f in candidates), reverse=True)
     if votes[0][0] == (votes[1][0] if len(votes) > 1 else -1) or votes[0][0] == 0:
         tally = ", ".join(f"{n}: {v}" for v, n in votes)
-        raise ValueError(f"{path}: cannot tell the format from its first {len(lines)} lines ({tally} lines fit); "
+        raise DataError(f"{path}: cannot tell the format from its first {len(lines)} lines ({tally} lines fit); "
                          "set source.format")
     return registry()[votes[0][1]]
 

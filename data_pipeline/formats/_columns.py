@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Dict, List, Optional
+from data_pipeline.errors import DataError
 
 ALIASES = {
     "user": ("user", "user_id", "userid", "uid", "visitorid", "customer_id", "session_id"),
@@ -19,14 +20,14 @@ def pick(names: List[str], given: str, role: str, path: str, required: bool) -> 
     """The column of ``role``: ``given`` (``source.<role>_col``) or the first known alias."""
     if given:
         if given not in names:
-            raise ValueError(f"source.{role}_col: column {given!r} not in {path} (has {names})")
+            raise DataError(f"source.{role}_col: column {given!r} not in {path} (has {names})")
         return given
     low = {n.lower().split(":")[0]: n for n in names}
     for alias in ALIASES[role]:
         if alias in low:
             return low[alias]
     if required:
-        raise ValueError(f"source.{role}_col: cannot find a {role} column in {path} (has {names}); set it")
+        raise DataError(f"source.{role}_col: cannot find a {role} column in {path} (has {names}); set it")
     return None
 
 
@@ -35,11 +36,11 @@ def pick_roles(src, names: List[str], path: str) -> Dict[str, Optional[str]]:
     cols = {r: pick(names, getattr(src, f"{r}_col"), r, path, r in ("user", "item")) for r in ROLES}
     for a, b in (("user", "item"), ("user", "ts"), ("item", "ts")):
         if cols[a] and cols[a] == cols[b]:
-            raise ValueError(f"source.{b}_col: {path} column {cols[b]!r} is already the {a} column; set source.{b}_col")
+            raise DataError(f"source.{b}_col: {path} column {cols[b]!r} is already the {a} column; set source.{b}_col")
     if src.min_rating is None:
         cols["rating"] = None
     elif not cols["rating"]:
-        raise ValueError(f"source.rating_col: min_rating is set but {path} has no rating column")
+        raise DataError(f"source.rating_col: min_rating is set but {path} has no rating column")
     return cols
 
 

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 from data_pipeline._text import DelimitedBlocks, TextSpec, first_lines
 from data_pipeline.formats._columns import INT64_MAX, MICROS, ts_unit
 from data_pipeline.formats.base import Chunk
+from data_pipeline.errors import DataError
 
 
 class TextFileReader:
@@ -31,11 +32,11 @@ class TextFileReader:
             self.ts_per_second = unit
         need = 2 if spec.header_line else 1  # the header is the first non-blank line
         if len(first_lines(spec.path, need)) < need:
-            raise ValueError(f"{spec.path}: empty file: no events" + (" after the header" if spec.header_line else ""))
+            raise DataError(f"{spec.path}: empty file: no events" + (" after the header" if spec.header_line else ""))
 
     def chunks(self, batch_rows: int, units: Optional[Sequence[int]] = None) -> Iterator[Chunk]:
         if units is not None:
-            raise ValueError(f"{self.path}: text files are read whole")
+            raise DataError(f"{self.path}: text files are read whole")
         for table, bad in DelimitedBlocks(self.spec).chunks(batch_rows):
             cols, names = [], []
             for col, role in self.roles.items():

@@ -10,6 +10,7 @@ from data_pipeline._text import TextSpec, first_lines, read_header, split_fields
 from data_pipeline.formats._columns import pick_roles
 from data_pipeline.formats._textreader import TextFileReader
 from data_pipeline.formats.base import Format
+from data_pipeline.errors import DataError
 
 
 def delimited_opener(delimiter: str, typed_header: bool = False):
@@ -24,7 +25,7 @@ def delimited_opener(delimiter: str, typed_header: bool = False):
         else:
             lines = first_lines(path, 1)
             if not lines:
-                raise ValueError(f"{path}: empty file: no events")
+                raise DataError(f"{path}: empty file: no events")
             header_line = 0
             names = [str(i) for i in range(len(split_fields(lines[0][1].decode(errors="replace"), delimiter, True)))]
         cols = pick_roles(src, names, path)

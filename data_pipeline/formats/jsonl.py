@@ -20,6 +20,7 @@ import pyarrow as pa
 from data_pipeline._text import block_bytes, first_lines, iter_blocks
 from data_pipeline.formats._columns import INT64_MAX, MICROS, pick_roles, ts_unit
 from data_pipeline.formats.base import BadLine, Chunk, Format
+from data_pipeline.errors import DataError
 
 _DECODER = json.JSONDecoder()  # .decode(str): no per-line encoding detection as json.loads(bytes) does
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -36,7 +37,7 @@ class JsonLinesReader:
         self.path, self.string_ids = path, src.string_ids
         first = next(((n, o) for n, o in ((n, _object(raw)) for n, raw in first_lines(path, 1000)) if o), None)
         if first is None:
-            raise ValueError(f"{path}: " + ("empty file: no events" if not first_lines(path, 1)
+            raise DataError(f"{path}: " + ("empty file: no events" if not first_lines(path, 1)
                                             else "none of the first 1000 lines is a JSON object"))
         cols = pick_roles(src, list(first[1]), path)
         self.keys = [(role, key) for role, key in cols.items() if key]
@@ -45,7 +46,7 @@ class JsonLinesReader:
 
     def chunks(self, batch_rows: int, units: Optional[Sequence[int]] = None) -> Iterator[Chunk]:
         if units is not None:
-            raise ValueError(f"{self.path}: text files are read whole")
+            raise DataError(f"{self.path}: text files are read whole")
         for first, block in iter_blocks(self.path, block_bytes(batch_rows)):
             values: List[list] = [[] for _ in self.keys]
             bad: List[BadLine] = []

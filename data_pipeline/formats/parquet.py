@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from data_pipeline.formats._columns import INT64_MAX, MICROS, TS_UNITS, pick_roles, ts_unit
 from data_pipeline.formats.base import BadLine, Chunk, Format
+from data_pipeline.errors import DataError
 
 _DAY = 86_400
 _U64_LIMIT = pa.scalar(INT64_MAX, pa.uint64())  # compared as uint64: an int64 scalar would cast the column
@@ -34,7 +35,7 @@ class ParquetReader:
         try:
             self.pf = pq.ParquetFile(path)
         except (pa.ArrowInvalid, OSError) as e:
-            raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
         self.path, self.string_ids = path, src.string_ids
         schema = self.pf.schema_arrow
         self.cols = {r: c for r, c in pick_roles(src, schema.names, path).items() if c}
@@ -44,16 +45,16 @@ class ParquetReader:
         self.ts_per_second, self._ts_scale = self._ts_kind(src)
         rating = self.types.get("rating")
         if rating is not None and not (pa.types.is_integer(rating) or pa.types.is_floating(rating)):
-            raise ValueError(f"{path}: rating column {self.cols['rating']!r} has type {rating}; it must be numeric")
+            raise DataError(f"{path}: rating column {self.cols['rating']!r} has type {rating}; it must be numeric")
         if self.pf.metadata.num_rows == 0:
-            raise ValueError(f"{path}: empty file: no events")
+            raise DataError(f"{path}: empty file: no events")
 
     def _check_id(self, role: str) -> None:
         t, col = self.types[role], self.cols[role]
         if pa.types.is_integer(t) or (self.string_ids and (pa.types.is_string(t) or pa.types.is_large_string(t))):
             return
         hint = "; set source.string_ids=true" if pa.types.is_string(t) or pa.types.is_large_string(t) else ""
-        raise ValueError(f"{self.path}: {role} column {col!r} has type {t}; ids must be integers"
+        raise DataError(f"{self.path}: {role} column {col!r} has type {t}; ids must be integers"
                          f"{' or strings' if self.string_ids else ''}{hint}")
 
     def _ts_kind(self, src):
@@ -73,7 +74,7 @@ class ParquetReader:
             return TS_UNITS["ms"], None
         col = self.cols["ts"]
         example = f" (e.g. {_first_value(self.pf, col)!r} at its first row)" if pa.types.is_string(t) else ""
-        raise ValueError(f"{self.path}: timestamp column {col!r} has type {t}{example}; timestamps must be "
+        raise DataError(f"{self.path}: timestamp column {col!r} has type {t}{example}; timestamps must be "
                          "numbers (epoch, in source.ts_unit) or a timestamp/date type: convert the column, "
                          "or set source.ts_col to another column")
 
@@ -92,7 +93,7 @@ class ParquetReader:
                 except StopIteration:
                     break
                 except (pa.ArrowInvalid, OSError) as e:
-                    raise ValueError(f"{self.path}: row {row}: cannot read row group {g} ({e})") from None
+                    raise DataError(f"{self.path}: row {row}: cannot read row group {g} ({e})") from None
                 yield self._chunk(batch, row)
                 row += len(batch)
 

@@ -6,17 +6,20 @@ ELASTIC paper compares against. Same parameters, same function.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, naive: bool = False):
+    def __init__(self, cfg: "ModelConfig", naive: bool = False):
         super().__init__()
-        self.h, self.dh, self.naive = cfg.n_heads, cfg.head_dim, naive
+        self.h, self.dh, self.naive = cfg.encoder.n_heads, cfg.d_model // cfg.encoder.n_heads, naive
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
 

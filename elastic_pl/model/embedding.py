@@ -1,10 +1,13 @@
 """Item embedding (shared with the output head) plus learned positions."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from .config import ModelConfig
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 class ItemEmbedding(nn.Module):
@@ -13,16 +16,18 @@ class ItemEmbedding(nn.Module):
     The position of an item is its index among the row's real items (0 = oldest), so it does not
     depend on how much padding the batch added; positions past ``max_positions - 1`` share the
     last embedding, which keeps streaming (``step``) and the full forward pass identical for
-    histories of any length.
+    histories of any length. With ``positions=False`` (an encoder that orders the sequence
+    itself, e.g. a recurrent one) there is no position table.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: "ModelConfig", positions: bool = True):
         super().__init__()
         self.items = nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)
-        self.positions = nn.Embedding(cfg.max_positions, cfg.d_model)
+        self.positions = nn.Embedding(cfg.max_positions, cfg.d_model) if positions else None
         self.dropout = nn.Dropout(cfg.dropout)
         nn.init.normal_(self.items.weight, std=0.02)
-        nn.init.normal_(self.positions.weight, std=0.02)
+        if self.positions is not None:
+            nn.init.normal_(self.positions.weight, std=0.02)
         with torch.no_grad():
             self.items.weight[0].zero_()
 
@@ -31,10 +36,14 @@ class ItemEmbedding(nn.Module):
         return pos.clamp(0, self.positions.num_embeddings - 1)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
-        pos = self.position_index(items != 0)
-        return self.dropout(self.items(items) + self.positions(pos))
+        x = self.items(items)
+        if self.positions is not None:
+            x = x + self.positions(self.position_index(items != 0))
+        return self.dropout(x)
 
     def embed_at(self, items: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """One new item per user [B] at its position ``count`` [B] (serving)."""
-        pos = count.clamp(max=self.positions.num_embeddings - 1)
-        return self.dropout(self.items(items) + self.positions(pos))
+        x = self.items(items)
+        if self.positions is not None:
+            x = x + self.positions(count.clamp(max=self.positions.num_embeddings - 1))
+        return self.dropout(x)

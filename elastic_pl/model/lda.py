@@ -11,22 +11,29 @@ size does not depend on the history length.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
 from .dispatch import EMPTY, chunk_partials, combine, prefix_interests
 from .memory import ProductKeyMemory
 
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
 
 class LinearDispatcherAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: "ModelConfig"):
         super().__init__()
-        self.h, self.dh, self.e, self.c = cfg.n_heads, cfg.head_dim, cfg.num_experts, cfg.chunk_size
+        enc = cfg.encoder  # ElasticConfig
+        self.h, self.dh, self.e, self.c = enc.n_heads, cfg.d_model // enc.n_heads, enc.num_experts, enc.chunk_size
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.experts = nn.Parameter(torch.randn(cfg.n_heads, cfg.num_experts, cfg.head_dim))
-        self.memory = ProductKeyMemory(cfg) if cfg.use_memory else None
+        self.experts = nn.Parameter(torch.randn(self.h, self.e, self.dh))
+        self.memory = (ProductKeyMemory(cfg.d_model, enc.memory_subkeys, enc.memory_topk, enc.memory_key_dim,
+                                        enc.memory_query_norm)
+                       if enc.use_memory else None)
         self.expert_kv = nn.Linear(cfg.d_model, 2 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
 
@@ -84,11 +91,12 @@ class LinearDispatcherAttention(nn.Module):
         """An exact 0 that depends on every parameter a sequence of <= 2 chunks leaves unused.
         DDP (find_unused_parameters=False) hangs when a parameter gets no gradient on one rank;
         through this they get a zero one. Empty slices sum to 0 whatever the values (no NaN
-        from 0 * inf) and cost nothing."""
-        unused = [self.experts, *self.expert_kv.parameters()]
+        from 0 * inf) and cost nothing. The memory is reached through its own forward on no
+        rows: under FSDP it is a unit of its own, whose parameters exist only inside its forward."""
+        zero = sum(p[:0].sum() for p in [self.experts, *self.expert_kv.parameters()])
         if self.memory is not None:
-            unused += self.memory.parameters()
-        return sum(p[:0].sum() for p in unused)
+            zero = zero + self.memory(self.experts.new_zeros(0, self.memory.query.in_features)).sum()
+        return zero
 
     # -- streaming ----------------------------------------------------------------------------
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> dict[str, torch.Tensor]:

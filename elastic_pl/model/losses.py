@@ -1,9 +1,13 @@
 """Next-item losses over (query [M, D], target [M]) pairs, M = supervised positions.
 
 ``items`` is the (possibly L2-normalised) item matrix [V+1, D]; row 0 is padding, never a
-candidate. Scores are ``query . item / temperature``.
+candidate. Scores are ``query . item / temperature``. Each loss is a :class:`Loss` with its own
+frozen config (the keys under ``model.loss``), registered in registry.py.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -48,3 +52,102 @@ def bce(query, target, items, temperature: float, generator: torch.Generator | N
     pos = (query * items[target]).sum(-1).float() / temperature
     negs = (query * items[neg]).sum(-1).float() / temperature
     return F.softplus(-pos).mean() + F.softplus(negs).mean()
+
+
+# -- the registered losses ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LossConfig:
+    """``model.loss``: the loss's name (registered, or ``package.module:ClassName``) and, in each
+    subclass, its own keys."""
+
+    name: str = ""
+
+    def describe(self) -> str:
+        """How result tables name the loss."""
+        return self.name
+
+
+def _need(cfg, cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"model.loss.{name}: {msg} (got {getattr(cfg, name)!r})")
+
+
+@dataclass(frozen=True)
+class ScaledLossConfig(LossConfig):
+    temperature: float = 1.0  # logits are divided by it
+
+    def __post_init__(self) -> None:
+        _need(self, self.temperature > 0, "temperature", "must be > 0")
+
+
+class Loss:
+    """``loss(query [M, D], target [M], items [V+1, D], generator) -> scalar``; no parameters."""
+
+    Config: ClassVar[type] = LossConfig
+
+    def __init__(self, cfg: LossConfig):
+        self.cfg = cfg
+
+    def __call__(self, query: torch.Tensor, target: torch.Tensor, items: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class FullSoftmaxConfig(ScaledLossConfig):
+    name: str = "full_softmax"
+
+    def describe(self) -> str:
+        return "full softmax CE"
+
+
+class FullSoftmax(Loss):
+    Config = FullSoftmaxConfig
+
+    def __call__(self, query, target, items, generator=None):
+        return full_softmax(query, target, items, self.cfg.temperature)
+
+
+NEGATIVES = ("uniform", "in_batch")
+
+
+@dataclass(frozen=True)
+class SampledSoftmaxConfig(ScaledLossConfig):
+    name: str = "sampled_softmax"
+    negatives: str = "uniform"  # uniform: num_negatives shared draws | in_batch: the batch's targets + logQ
+    num_negatives: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _need(self, self.negatives in NEGATIVES, "negatives", f"must be one of {NEGATIVES}")
+        _need(self, self.num_negatives >= 1, "num_negatives", "must be >= 1")
+
+    def describe(self) -> str:
+        if self.negatives == "in_batch":
+            return "sampled softmax, in-batch negatives + logQ"
+        return f"sampled softmax, {self.num_negatives} uniform negatives"
+
+
+class SampledSoftmax(Loss):
+    Config = SampledSoftmaxConfig
+
+    def __call__(self, query, target, items, generator=None):
+        c = self.cfg
+        if c.negatives == "in_batch":
+            return sampled_softmax_in_batch(query, target, items, c.temperature)
+        return sampled_softmax_uniform(query, target, items, c.temperature, c.num_negatives, generator)
+
+
+@dataclass(frozen=True)
+class BCEConfig(ScaledLossConfig):
+    name: str = "bce"
+
+    def describe(self) -> str:
+        return "BCE, 1 negative"
+
+
+class BinaryCrossEntropy(Loss):
+    Config = BCEConfig
+
+    def __call__(self, query, target, items, generator=None):
+        return bce(query, target, items, self.cfg.temperature, generator)

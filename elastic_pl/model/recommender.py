@@ -1,45 +1,69 @@
-"""The recommender: item embedding -> encoder -> hidden states scored against the item table."""
+"""The recommender: item embedding -> encoder -> hidden states scored against the item table.
+
+The encoder and the loss are whatever ``cfg.encoder.name`` / ``cfg.loss.name`` name in the
+registries (registry.py); what the model can do beyond encoding (stream, read timestamps) is
+what its encoder declares (encoder.py).
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import losses
 from .config import ModelConfig
 from .embedding import ItemEmbedding
-from .encoder import Encoder
+from .encoder import SequenceEncoder
 from .padding import compaction_order, gather_rows
+from .registry import ENCODERS, LOSSES
 
 
 class SequentialRecommender(nn.Module):
-    """``forward(items [B, N]) -> hidden [B, N, D]``; hidden[b, t] predicts the item after t.
+    """``forward(items [B, N], timestamps [B, N] | None) -> hidden [B, N, D]``; hidden[b, t]
+    predicts the item after t.
 
     Any padding pattern (0 = padding) is accepted; outputs at padding positions are zero.
-    See docs/ARCHITECTURE.md for the full contract.
+    ``timestamps`` (int64 seconds aligned with ``items``, any value at padding) are needed only by
+    an encoder whose config says ``needs_timestamps``. See docs/ARCHITECTURE.md for the contract.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embedding = ItemEmbedding(cfg)
-        self.encoder = Encoder(cfg)
+        encoder_cls = ENCODERS.get(cfg.encoder.name)
+        self.embedding = ItemEmbedding(cfg, positions=encoder_cls.learned_positions)
+        self.encoder: SequenceEncoder = encoder_cls(cfg)
+        self.loss_fn = LOSSES.get(cfg.loss.name)(cfg.loss)
+
+    @property
+    def streams(self) -> bool:
+        """Whether ``init_state`` / ``step`` exist (the encoder's capability)."""
+        return type(self.encoder).streams
+
+    def wrap_units(self) -> list[nn.Module]:
+        """The encoder's FSDP units, innermost first."""
+        return self.encoder.wrap_units()
 
     # -- encoding -----------------------------------------------------------------------------
-    def forward(self, items: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, last_only: bool = False,
+                timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """[B, N] -> [B, N, D]; with ``last_only`` the hidden state at each row's last real item
         [B, D] (batched inference; through ``forward`` so wrappers such as FSDP see the call)."""
         real = items != 0
         order, inverse = compaction_order(real)
-        hidden = self.encoder(self.embedding(gather_rows(items, order)))
+        if timestamps is not None:
+            timestamps = gather_rows(timestamps, order)
+        elif self.cfg.encoder.needs_timestamps:
+            raise ValueError(f"model.encoder.name={self.cfg.encoder.name!r}: this encoder's config reads "
+                             "timestamps but the batch has none: set data.loader.timestamps=true")
+        hidden = self.encoder(self.embedding(gather_rows(items, order)), timestamps)
         if last_only:
             last = (real.sum(1) - 1).clamp_min(0)  # compacted rows: the last real item is here
             return hidden[torch.arange(items.shape[0], device=items.device), last]
         return gather_rows(hidden, inverse).masked_fill(~real.unsqueeze(-1), 0.0)
 
-    def encode_last(self, items: torch.Tensor) -> torch.Tensor:
+    def encode_last(self, items: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden state at each row's last real item [B, D]."""
-        return self(items, last_only=True)
+        return self(items, last_only=True, timestamps=timestamps)
 
     # -- scoring ------------------------------------------------------------------------------
     def query(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -55,43 +79,30 @@ class SequentialRecommender(nn.Module):
         sel = targets > 0
         if not bool(sel.any()):
             raise ValueError("loss: the batch has no supervised position (all targets are 0)")
-        q, y, items, cfg = self.query(hidden[sel]), targets[sel], self.item_matrix(), self.cfg
-        if cfg.loss == "full_softmax":
-            return losses.full_softmax(q, y, items, cfg.temperature)
-        if cfg.loss == "bce":
-            return losses.bce(q, y, items, cfg.temperature, generator)
-        if cfg.negatives == "in_batch":
-            return losses.sampled_softmax_in_batch(q, y, items, cfg.temperature)
-        return losses.sampled_softmax_uniform(q, y, items, cfg.temperature, cfg.num_negatives, generator)
+        return self.loss_fn(self.query(hidden[sel]), targets[sel], self.item_matrix(), generator)
 
-    # -- serving (ELASTIC only) ---------------------------------------------------------------
+    # -- serving (encoders that stream) ------------------------------------------------------
     def init_state(self, batch: int, device=None) -> dict[str, torch.Tensor]:
-        """Empty per-user state; its size is O(L (E + 2C) D), independent of history length."""
+        """Empty per-user state: the position counter and the encoder's state (ELASTIC's is
+        O(L (E + 2C) D), independent of history length)."""
         self._require_streaming()
         dtype = self.embedding.items.weight.dtype
-        state = {"count": torch.zeros(batch, dtype=torch.long, device=device)}
-        for i, block in enumerate(self.encoder.blocks):
-            for name, t in block.mix.init_state(batch, device, dtype).items():
-                state[f"{i}.{name}"] = t
-        return state
+        return {"count": torch.zeros(batch, dtype=torch.long, device=device),
+                **self.encoder.init_state(batch, device, dtype)}
 
     def step(self, state: dict[str, torch.Tensor], items: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Append one real item per user [B] -> (hidden [B, D] equal to ``forward`` on the whole
         history at that position, new state). The input state is not modified."""
         self._require_streaming()
         count = state["count"]
-        x = self.embedding.embed_at(items, count)
-        new_state = {"count": count + 1}
-        for i, block in enumerate(self.encoder.blocks):
-            prefix = f"{i}."
-            layer = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            x, layer = block.step(x, count, layer)
-            new_state.update({prefix + k: v for k, v in layer.items()})
-        return self.encoder.norm(x), new_state
+        hidden, encoder_state = self.encoder.step(self.embedding.embed_at(items, count), count,
+                                                  {k: v for k, v in state.items() if k != "count"})
+        return hidden, {"count": count + 1, **encoder_state}
 
     def _require_streaming(self) -> None:
-        if self.cfg.encoder != "elastic":
-            raise ValueError(f"ModelConfig.encoder: step/init_state need 'elastic' (got {self.cfg.encoder!r})")
+        if not self.streams:
+            raise ValueError(f"model.encoder.name: encoder {self.cfg.encoder.name!r} does not stream "
+                             "(no init_state/step)")
 
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:
