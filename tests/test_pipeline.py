@@ -337,3 +337,17 @@ def test_fill_bench_on_the_tiny_run(trained):
     assert fixed["train"]["batches"] == 4 and budget["train"]["batches"] >= 1
     assert 0 < fixed["train"]["fill"] < budget["train"]["fill"] <= 1
     assert budget["valid"]["fill"] > fixed["valid"]["fill"]
+
+
+@pytest.mark.slow
+def test_a_trained_model_beats_popularity(trained):
+    """The whole pipeline learns: a few epochs on the tiny synthetic log (drifting interests,
+    so the recent items predict the next) beat the popularity baseline on test."""
+    from elastic_pl.popularity import evaluate_popularity
+
+    tmp, overrides, _ = trained
+    cfg = load_config(None, overrides + ["run.run_id=learns", "trainer.max_epochs=12", "data.loader.steps_per_epoch=8",
+                                         "model.d_model=32", "optim.lr=0.01"])
+    trained_ndcg = fit(cfg).test["test/ndcg@10"]
+    popularity = evaluate_popularity(cfg)["test/ndcg@10"]
+    assert trained_ndcg > 1.5 * popularity, (trained_ndcg, popularity)
