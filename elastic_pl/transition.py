@@ -9,9 +9,9 @@ events, which breaks the ties among items no recent item leads to. With ``window
 the first-order Markov chain.
 
 It tells how much of a dataset's next-item signal is item-to-item, the part any sequential model
-should capture. The constants (:data:`DEFAULT`) were chosen once on the validation split of the
-public sets (``python -m bench.transition_grid``, the grid and its rule in BENCHMARKS.md) and are
-the same on every dataset. Scored through the same full-ranking path as the models and the
+should capture. The constants (:data:`DEFAULT`) are the same on every dataset;
+``python -m bench.transition_grid`` ranks the settings of a grid on the validation split of
+several datasets at once (never test), to choose them. Scored through the same full-ranking path as the models and the
 popularity baseline (``target_ranks``, history filtering, pessimistic ties). The transition matrix
 is dense, [V+1, V+2] float32, so the baseline refuses catalogs above ``MAX_ITEMS``.
 """
