@@ -190,7 +190,7 @@ def parser() -> argparse.ArgumentParser:
                    help="evaluate/predict: use a checkpoint trained on other data (same catalog size)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     p.add_argument("--baseline", choices=["popularity", "transition"],
-                   help="evaluate: a baseline instead of a checkpoint (transition: item-to-item Markov chain)")
+                   help="evaluate: a baseline instead of a checkpoint (transition: windowed item-to-item co-occurrence)")
     p.add_argument("--split", choices=["valid", "test"], default="test", help="evaluate: which split")
     p.add_argument("--plan", action="store_true", help="prepare: only the plan stage (before the --bucket tasks)")
     p.add_argument("--bucket", type=int, help="prepare: process one bucket only (SLURM array task; after --plan)")
