@@ -39,3 +39,16 @@ def _run_marker_key(tmp_path_factory, monkeypatch):
     own instead of creating one under the user's home."""
     if "ELASTIC_PL_RUN_KEY" not in os.environ:
         monkeypatch.setenv("ELASTIC_PL_RUN_KEY", str(tmp_path_factory.getbasetemp() / "run-key"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """The tiny synthetic log of tests/pipeline_config.py, prepared once for the session. Tests
+    read its shards and put their runs under it by a run id or ``run.dir`` of their own."""
+    from elastic_pl.cli import main
+    from tests.pipeline_config import tiny_overrides
+
+    os.environ["WANDB_MODE"] = "offline"
+    tmp = tmp_path_factory.mktemp("tiny-data")
+    assert main(["prepare", *tiny_overrides(tmp)]) == 0
+    return tmp

@@ -5,7 +5,6 @@ reading the loader's timestamps."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -23,11 +22,8 @@ CASES = {  # model.encoder.name, overrides
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    os.environ["WANDB_MODE"] = "offline"
-    tmp = tmp_path_factory.mktemp("encoders")
-    assert main(["prepare", *tiny_overrides(tmp)]) == 0
-    return tmp
+def data(tiny_data):
+    return tiny_data
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

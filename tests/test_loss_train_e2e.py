@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -23,11 +22,8 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    os.environ["WANDB_MODE"] = "offline"
-    tmp = tmp_path_factory.mktemp("losses")
-    assert main(["prepare", *tiny_overrides(tmp)]) == 0
-    return tmp
+def data(tiny_data):
+    return tiny_data
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

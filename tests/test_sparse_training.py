@@ -18,7 +18,6 @@ import lightning as L
 import pytest
 import torch
 
-from elastic_pl.cli import main
 from elastic_pl.config import ConfigError, OptimConfig, load_config
 from elastic_pl.item_table import build_optimizer
 from elastic_pl.model import ModelConfig, SequentialRecommender
@@ -33,11 +32,8 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    os.environ["WANDB_MODE"] = "offline"
-    tmp = tmp_path_factory.mktemp("sparse")
-    assert main(["prepare", *tiny_overrides(tmp)]) == 0
-    return tmp
+def data(tiny_data):
+    return tiny_data
 
 
 def _overrides(tmp: Path, rule: str, *extra: str) -> list[str]:
