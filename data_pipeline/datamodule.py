@@ -18,7 +18,7 @@ which is far cheaper than one collate call per sample.
 import signal
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import lightning as L
 import numpy as np
@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader
 
 from data_pipeline import splits
 from data_pipeline.manifest import ManifestError, load_manifest, require_checksums, resolve_urls
+from data_pipeline.shard_reader import read_blocks
+from data_pipeline.shards import UserBlock
 from data_pipeline.sharding import EvalDataset, ShardReadError, TrainDataset, check_rank, user_lengths
 from data_pipeline.errors import DataError
 
@@ -223,6 +225,14 @@ class ElasticDataModule(L.LightningDataModule):
     def checksums(self) -> Optional[List[Optional[str]]]:
         """Each shard's sha256 to check while it streams, or None (``verify_checksums=false``)."""
         return [s.sha256 for s in self.manifest.shards] if self.cfg.verify_checksums else None
+
+    def blocks(self) -> Iterator[UserBlock]:
+        """Every user block of every shard, in manifest order, checked like the loaders' reads
+        (user counts, and the checksums unless ``verify_checksums=false``): for whole-data passes
+        such as the baselines' counts."""
+        sums = self.checksums or [None] * len(self.urls)
+        for url, shard, sha256 in zip(self.urls, self.manifest.shards, sums):
+            yield from read_blocks(url, shard.users, self.num_items, sha256)
 
     def train_dataset(self) -> TrainDataset:
         c, m = self.cfg, self.manifest

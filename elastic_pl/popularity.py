@@ -12,7 +12,6 @@ import torch
 from tqdm import tqdm
 
 from data_pipeline.datamodule import ElasticDataModule
-from data_pipeline.sharding import read_blocks
 
 from .config import Config
 from .metrics import FullRankingMetrics, target_ranks
@@ -31,9 +30,8 @@ def training_mask(block) -> np.ndarray:
 def training_item_counts(dm: ElasticDataModule) -> np.ndarray:
     """[V+1] counts of each item over the training part of every sequence (all but the last two)."""
     counts = np.zeros(dm.num_items + 1, dtype=np.int64)
-    for url, shard in zip(dm.urls, dm.manifest.shards):
-        for block in read_blocks(url, shard.users, dm.num_items):
-            counts += np.bincount(block.items[training_mask(block)], minlength=dm.num_items + 1)
+    for block in dm.blocks():
+        counts += np.bincount(block.items[training_mask(block)], minlength=dm.num_items + 1)
     return counts
 
 

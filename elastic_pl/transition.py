@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from data_pipeline.datamodule import ElasticDataModule
-from data_pipeline.sharding import read_blocks
 
 from .config import Config
 from .popularity import evaluate_baseline, training_mask
@@ -48,14 +47,13 @@ def transition_items(dm: ElasticDataModule, window: int = DEFAULT.window) -> np.
     the last two events). One dense array, built in place."""
     size = dm.num_items + 1
     out = np.zeros((size, size + 1), dtype=np.float32)
-    for url, shard in zip(dm.urls, dm.manifest.shards):
-        for block in read_blocks(url, shard.users, dm.num_items):
-            train, items = training_mask(block), block.items
-            user = np.repeat(np.arange(len(block)), np.diff(block.offsets))
-            out[:, -1] += np.bincount(items[train], minlength=size)
-            for d in range(1, window + 1):  # pairs (i -> j) d steps apart in one user's training part
-                pair = train[:-d] & train[d:] & (user[:-d] == user[d:])
-                np.add.at(out, (items[d:][pair], items[:-d][pair]), 1.0 / d)
+    for block in dm.blocks():
+        train, items = training_mask(block), block.items
+        user = np.repeat(np.arange(len(block)), np.diff(block.offsets))
+        out[:, -1] += np.bincount(items[train], minlength=size)
+        for d in range(1, window + 1):  # pairs (i -> j) d steps apart in one user's training part
+            pair = train[:-d] & train[d:] & (user[:-d] == user[d:])
+            np.add.at(out, (items[d:][pair], items[:-d][pair]), 1.0 / d)
     totals = out.sum(axis=0)
     np.divide(out, totals, out=out, where=totals > 0)
     return out

@@ -161,3 +161,16 @@ def test_a_process_hashes_a_shard_until_one_whole_read_matched(shards, monkeypat
     with pytest.raises(ShardReadError, match=r"seq-000001.tar: sha256"):
         consume(dm(data_dir).test_dataloader())
     assert hashed[3:] == [path]
+
+
+@pytest.mark.parametrize("baseline", ["popularity", "transition"])
+def test_the_baselines_counts_check_the_shards_too(shards, baseline):
+    """The baselines count items over every shard outside the loaders: that pass is checked too."""
+    from elastic_pl.popularity import training_item_counts
+    from elastic_pl.transition import transition_items
+    count = training_item_counts if baseline == "popularity" else transition_items
+    data_dir, _ = shards
+    flip_an_item(str(data_dir / "seq-000001.tar"))
+    with pytest.raises(ShardReadError, match=r"seq-000001.tar: sha256 [0-9a-f]{64} does not match"):
+        count(dm(data_dir))
+    assert count(dm(data_dir, verify_checksums=False)).sum() > 0
