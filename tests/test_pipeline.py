@@ -311,6 +311,10 @@ def test_paired_comparison_recomputes_the_stored_test_metric(trained, tmp_path):
     (copy / "test_metrics.json").write_text(json.dumps(stored))
     with pytest.raises(ValueError, match="differs from the stored"):
         paired.compare([copy], [run], "ndcg@10", resamples=10)
+    # overrides re-evaluate both sides differently (here without the history filter): no stored check
+    unfiltered = paired.compare([copy], [run], "ndcg@10", resamples=10, overrides=["eval.filter_seen=false"])
+    assert unfiltered["overrides"] == ["eval.filter_seen=false"] and unfiltered["diff"] == 0.0
+    assert unfiltered["mean_a"] < result.test["test/ndcg@10"]  # seen items now rank above targets
 
 
 def test_frontier_reads_a_real_run(trained, tmp_path):
