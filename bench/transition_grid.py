@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from elastic_pl.config import load_config
-from elastic_pl.transition import TransitionParams, evaluate_transition, open_data, transition_items
+from elastic_pl.popularity import evaluate_baselines
+from elastic_pl.transition import TransitionParams, open_data, transition_inputs, transition_items
 
 WINDOWS = (1, 2, 3, 5)
 LASTS = (1, 2, 3, 5, 10)
@@ -28,17 +29,18 @@ DECAYS = (0.3, 0.5, 0.8, 1.0)
 POP_WEIGHT = 1e-3  # only breaks ties among items no recent item leads to
 
 
-def grid_scores(config: str) -> dict[TransitionParams, float]:
-    cfg = load_config(config, ["data.loader.num_workers=0"])
+def grid_scores(config: str, overrides: list[str] | None = None) -> dict[TransitionParams, float]:
+    """val NDCG@10 of every setting of the grid on the dataset of ``config``."""
+    cfg = load_config(config, ["data.loader.num_workers=0", *(overrides or [])])
     dm = open_data(cfg)
     out = {}
-    for window in WINDOWS:
+    for window in WINDOWS:  # one matrix and one pass over the validation batches per window
         items = torch.from_numpy(transition_items(dm, window))
-        for last, decay in itertools.product(LASTS, DECAYS):
-            if last == 1 and decay != DECAYS[0]:
-                continue  # one recent item: the decay does not matter
-            p = TransitionParams(window, last, decay, POP_WEIGHT)
-            out[p] = evaluate_transition(cfg, "valid", p, dm=dm, items=items)["val/ndcg@10"]
+        settings = [TransitionParams(window, last, decay, POP_WEIGHT) for last, decay in itertools.product(LASTS, DECAYS)
+                    if last > 1 or decay == DECAYS[0]]  # one recent item: the decay does not matter
+        scorers = {p: (lambda batch, p=p: transition_inputs(batch["items"], items, p)) for p in settings}
+        for p, m in evaluate_baselines(cfg, dm, "valid", f"{Path(config).stem} window {window}", scorers).items():
+            out[p] = m["val/ndcg@10"]
     return out
 
 

@@ -40,15 +40,23 @@ def evaluate_baseline(cfg: Config, dm: ElasticDataModule, split: str, name: str,
     """Metrics of scores ``query @ items.T``, ``(query, items) = inputs_of(batch)``, over ``split``,
     through the models' ranking path (``target_ranks``: history filtering as configured,
     pessimistic ties)."""
-    metrics = FullRankingMetrics()
+    return evaluate_baselines(cfg, dm, split, name, {name: inputs_of})[name]
+
+
+def evaluate_baselines(cfg: Config, dm: ElasticDataModule, split: str, desc: str,
+                       scorers: dict[object, Callable[[dict], tuple[torch.Tensor, torch.Tensor]]]) -> dict:
+    """``{key: metrics}`` of several scorers (as in :func:`evaluate_baseline`) in one pass over
+    ``split``: the batches are read once, which dominates on small catalogs (settings grids)."""
+    metrics = {key: FullRankingMetrics() for key in scorers}
     dataset = dm.eval_dataset(split)
-    for batch in tqdm(dataset, desc=f"{name}/{split}", total=len(dataset)):
+    for batch in tqdm(dataset, desc=f"{desc}/{split}", total=len(dataset)):
         seen = batch["seen"] if cfg.eval.filter_seen else None
-        query, items = inputs_of(batch)
-        ranks = target_ranks(query, items, batch["target"], seen, cfg.eval.chunk_size)
-        metrics.update(ranks, batch["valid"])
+        for key, inputs_of in scorers.items():
+            query, items = inputs_of(batch)
+            ranks = target_ranks(query, items, batch["target"], seen, cfg.eval.chunk_size)
+            metrics[key].update(ranks, batch["valid"])
     prefix = "val/" if split == "valid" else "test/"
-    return {prefix + k: float(v) for k, v in metrics.compute().items()}
+    return {key: {prefix + k: float(v) for k, v in m.compute().items()} for key, m in metrics.items()}
 
 
 def evaluate_popularity(cfg: Config, split: str = "test") -> dict:
