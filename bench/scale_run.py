@@ -78,14 +78,10 @@ def _stage_train(cfg, out: Path, args) -> dict:
     from elastic_pl.train import fit
 
     class Throughput(L.Callback):
-        """Real tokens and the wall time of the training steps; the test limited to a sample."""
+        """Real tokens and the wall time of the training steps."""
 
         def __init__(self):
             self.tokens, self.step_s, self._t0 = 0, 0.0, None
-
-        def setup(self, trainer, module, stage):
-            if stage == "test":
-                trainer.limit_test_batches = args.eval_batches
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             self._t0 = time.perf_counter()
@@ -130,7 +126,8 @@ def stage_overrides(args, config_files: list[str]) -> list[str]:
     out = Path(args.out).resolve()
     extra = [f"data.source.path={out}/data/events.parquet", f"data.prepare.output_dir={out}/data/shards",
              f"run.dir={out}/run", f"trainer.max_time_minutes={args.minutes}",
-             f"trainer.limit_val_batches={args.eval_batches}", *args.overrides]
+             f"trainer.limit_val_batches={args.eval_batches}", f"trainer.limit_test_batches={args.eval_batches}",
+             *args.overrides]
     if args.events:
         cfg = load_config(config_files, extra)
         per_user = lengths(cfg.data.synthetic).mean()

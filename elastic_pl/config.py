@@ -88,6 +88,9 @@ class TrainerConfig:
     gradient_clip_val: float = 1.0
     check_val_every_n_epoch: int = 1
     limit_val_batches: Optional[float] = None
+    # the final test of `train` scores only this many batches per rank instead of every user (at
+    # 10^6+ users x 10^6+ items a full test takes hours); test/count says how many were scored
+    limit_test_batches: Optional[int] = None
     log_every_n_steps: int = 50
     checkpoint_every_n_steps: int = 0  # 0 = off; else also keep a checkpoint every N steps
     early_stopping_patience: int = 0  # validations without val/ndcg@10 improvement; 0 = off
@@ -95,6 +98,10 @@ class TrainerConfig:
     compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no code generation, for checks)
     progress_bar: bool = True
     dist_timeout_minutes: float = 10.0  # a collective waiting longer (a hung or stopped rank) fails the run
+
+    def __post_init__(self) -> None:
+        if self.limit_test_batches is not None and self.limit_test_batches < 1:  # 0 would skip the test
+            raise ValueError(f"trainer.limit_test_batches: must be >= 1 or null (got {self.limit_test_batches})")
 
 
 @dataclass

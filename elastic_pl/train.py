@@ -119,6 +119,7 @@ def build_trainer(cfg: Config, directory: Path, *, stage: str, callbacks: Sequen
         gradient_clip_val=t.gradient_clip_val or None,
         check_val_every_n_epoch=t.check_val_every_n_epoch,
         limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches if for_fit else None,  # evaluate always scores every user
         log_every_n_steps=t.log_every_n_steps,
         default_root_dir=str(directory),
         logger=loggers,
@@ -190,7 +191,7 @@ def fit(cfg: Config, callbacks: Sequence = (), trust_checkpoint: bool = False) -
     if trainer.is_global_zero:
         summary = {"run_dir": result.run_dir, "best_checkpoint": best, "test": result.test,
                    "global_step": trainer.global_step, "world_size": trainer.world_size,
-                   "num_nodes": trainer.num_nodes, "strategy": type(trainer.strategy).__name__,
+                   "num_nodes": trainer.num_nodes, "limit_test_batches": cfg.trainer.limit_test_batches, "strategy": type(trainer.strategy).__name__,
                    "cluster_environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__}
         (directory / "test_metrics.json").write_text(json.dumps(summary, indent=2))
     return result

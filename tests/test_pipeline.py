@@ -355,3 +355,14 @@ def test_a_trained_model_beats_popularity(trained):
     trained_ndcg = fit(cfg).test["test/ndcg@10"]
     popularity = evaluate_popularity(cfg)["test/ndcg@10"]
     assert trained_ndcg > 1.5 * popularity, (trained_ndcg, popularity)
+
+
+def test_limit_test_batches_scores_a_subset_and_says_so(trained):
+    tmp, overrides, _ = trained
+    result = fit(load_config(None, overrides + ["run.run_id=limited", "trainer.max_steps=1",
+                                                "trainer.limit_test_batches=1"]))
+    assert result.test["test/count"] == 32  # one eval batch of 32 users, not all 120
+    stored = json.loads((Path(result.run_dir) / "test_metrics.json").read_text())
+    assert stored["limit_test_batches"] == 1 and stored["test"]["test/count"] == 32
+    with pytest.raises(ConfigError, match="trainer.limit_test_batches: must be >= 1"):
+        load_config(None, ["trainer.limit_test_batches=0"])

@@ -35,7 +35,7 @@ def test_scale_config_is_the_claimed_run(path):
     assert cfg.model.encoder.name == "elastic"
     assert cfg.data.loader.max_len >= 4096 and cfg.model.max_positions >= cfg.data.loader.max_len
     assert cfg.data.loader.max_tokens is not None and is_row_sparse(cfg.optim.item_table)
-    assert cfg.trainer.max_time_minutes and cfg.trainer.limit_val_batches
+    assert cfg.trainer.max_time_minutes and cfg.trainer.limit_val_batches and cfg.trainer.limit_test_batches
 
 
 @pytest.mark.slow
