@@ -40,7 +40,8 @@ def test_each_encoder_declares_only_its_own_keys():
     assert keys["sasrec"] == {"name", "n_heads", "ffn_mult"}
     assert keys["gru4rec"] == {"name"}
     assert "time_bias" in keys["hstu"] and "num_experts" not in keys["hstu"]
-    assert {f.name for f in dataclasses.fields(LOSSES.config_class("full_softmax"))} == {"name", "temperature"}
+    assert {f.name for f in dataclasses.fields(LOSSES.config_class("full_softmax"))} == {
+        "name", "temperature", "chunked", "chunk_rows"}
 
 
 def test_short_form_on_the_command_line_and_in_yaml(tmp_path):

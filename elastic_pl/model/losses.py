@@ -12,6 +12,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from .chunked_softmax import chunked_full_softmax
+
 
 def full_softmax(query: torch.Tensor, target: torch.Tensor, items: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy over the whole catalog (small catalogs).
@@ -96,6 +98,14 @@ class Loss:
 @dataclass(frozen=True)
 class FullSoftmaxConfig(ScaledLossConfig):
     name: str = "full_softmax"
+    # chunked: rows in cache-sized chunks, gradients formed in the forward (chunked_softmax.py);
+    # false: the plain [M, V] logits (the reference)
+    chunked: bool = True
+    chunk_rows: int = 0  # rows per chunk; 0 = about 2^20 logits per chunk
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _need(self, self.chunk_rows >= 0, "chunk_rows", "must be >= 0")
 
     def describe(self) -> str:
         return "full softmax CE"
@@ -105,7 +115,10 @@ class FullSoftmax(Loss):
     Config = FullSoftmaxConfig
 
     def __call__(self, query, target, items, generator=None):
-        return full_softmax(query, target, items, self.cfg.temperature)
+        c = self.cfg
+        if c.chunked:
+            return chunked_full_softmax(query, target, items, c.temperature, c.chunk_rows)
+        return full_softmax(query, target, items, c.temperature)
 
 
 NEGATIVES = ("uniform", "in_batch")
