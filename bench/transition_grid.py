@@ -21,7 +21,7 @@ import torch
 
 from elastic_pl.config import load_config
 from elastic_pl.popularity import evaluate_baselines
-from elastic_pl.transition import TransitionParams, open_data, transition_inputs, transition_items
+from elastic_pl.transition import TransitionParams, open_data, transition_items, transition_scores
 
 WINDOWS = (1, 2, 3, 5)
 LASTS = (1, 2, 3, 5, 10)
@@ -38,7 +38,7 @@ def grid_scores(config: str, overrides: list[str] | None = None) -> dict[Transit
         items = torch.from_numpy(transition_items(dm, window))
         settings = [TransitionParams(window, last, decay, POP_WEIGHT) for last, decay in itertools.product(LASTS, DECAYS)
                     if last > 1 or decay == DECAYS[0]]  # one recent item: the decay does not matter
-        scorers = {p: (lambda batch, p=p: transition_inputs(batch["items"], items, p)) for p in settings}
+        scorers = {p: (lambda batch, p=p: transition_scores(batch["items"], items, p)) for p in settings}
         for p, m in evaluate_baselines(cfg, dm, "valid", f"{Path(config).stem} window {window}", scorers).items():
             out[p] = m["val/ndcg@10"]
     return out

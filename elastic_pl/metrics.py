@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["target_ranks", "FullRankingMetrics"]
+__all__ = ["target_ranks", "ranks_from_scores", "FullRankingMetrics"]
 
 
 def _exclusion_ids(target: Tensor, seen: Tensor | None) -> Tensor:
@@ -74,6 +74,19 @@ def target_ranks(
     count_fn = _count_tiled if query.device.type == "cpu" else _count_chunked
     ranks = count_fn(query, items, target_score, excl, chunk_size) + 1
     return torch.where(target > 0, ranks, torch.zeros_like(ranks))
+
+
+@torch.no_grad()
+def ranks_from_scores(scores: Tensor, target: Tensor, seen: Tensor | None = None) -> Tensor:
+    """:func:`target_ranks` for scores given whole: ``scores`` [B, V + 1] (column 0 is padding,
+    never ranked), for scorers that are not a dot product (the baselines). The target's score is
+    read from the same matrix, so ties are exact."""
+    scores, target = scores.float(), target.long()
+    target_score = scores.gather(1, target[:, None])
+    ge = scores >= target_score
+    ge[:, 0] = False
+    count = ge.sum(dim=1) - _excluded_hits(ge, _exclusion_ids(target, seen), 0, scores.shape[1])
+    return torch.where(target > 0, count + 1, torch.zeros_like(count))
 
 
 def _count_chunked(query: Tensor, items: Tensor, target_score: Tensor, excl: Tensor, chunk_size: int) -> Tensor:

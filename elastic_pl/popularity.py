@@ -5,7 +5,7 @@ pessimistic ties), so its numbers are comparable with theirs.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Tuple, Union
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from tqdm import tqdm
 from data_pipeline.datamodule import ElasticDataModule
 
 from .config import Config
-from .metrics import FullRankingMetrics, target_ranks
+from .metrics import FullRankingMetrics, ranks_from_scores, target_ranks
 
 
 def training_mask(block) -> np.ndarray:
@@ -35,25 +35,28 @@ def training_item_counts(dm: ElasticDataModule) -> np.ndarray:
     return counts
 
 
-def evaluate_baseline(cfg: Config, dm: ElasticDataModule, split: str, name: str,
-                      inputs_of: Callable[[dict], tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    """Metrics of scores ``query @ items.T``, ``(query, items) = inputs_of(batch)``, over ``split``,
-    through the models' ranking path (``target_ranks``: history filtering as configured,
-    pessimistic ties)."""
-    return evaluate_baselines(cfg, dm, split, name, {name: inputs_of})[name]
+# batch -> scores [B, V+1] (column 0: padding; small catalogs), or (query [B, D], items [V+1, D])
+# scored as query @ items.T a chunk of items at a time (memory O(B x chunk): any catalog)
+Scorer = Callable[[dict], Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]]
 
 
-def evaluate_baselines(cfg: Config, dm: ElasticDataModule, split: str, desc: str,
-                       scorers: dict[object, Callable[[dict], tuple[torch.Tensor, torch.Tensor]]]) -> dict:
+def evaluate_baseline(cfg: Config, dm: ElasticDataModule, split: str, name: str, scores_of: Scorer) -> dict:
+    """Metrics of ``scores_of(batch)`` over ``split``, ranked like the models (``target_ranks`` /
+    ``ranks_from_scores``: history filtering as configured, pessimistic ties)."""
+    return evaluate_baselines(cfg, dm, split, name, {name: scores_of})[name]
+
+
+def evaluate_baselines(cfg: Config, dm: ElasticDataModule, split: str, desc: str, scorers: dict[object, Scorer]) -> dict:
     """``{key: metrics}`` of several scorers (as in :func:`evaluate_baseline`) in one pass over
-    ``split``: the batches are read once, which dominates on small catalogs (settings grids)."""
+    ``split``: the batches are read once (settings grids)."""
     metrics = {key: FullRankingMetrics() for key in scorers}
     dataset = dm.eval_dataset(split)
     for batch in tqdm(dataset, desc=f"{desc}/{split}", total=len(dataset)):
         seen = batch["seen"] if cfg.eval.filter_seen else None
-        for key, inputs_of in scorers.items():
-            query, items = inputs_of(batch)
-            ranks = target_ranks(query, items, batch["target"], seen, cfg.eval.chunk_size)
+        for key, scores_of in scorers.items():
+            out = scores_of(batch)
+            ranks = (target_ranks(*out, batch["target"], seen, cfg.eval.chunk_size) if isinstance(out, tuple)
+                     else ranks_from_scores(out, batch["target"], seen))
             metrics[key].update(ranks, batch["valid"])
     prefix = "val/" if split == "valid" else "test/"
     return {key: {prefix + k: float(v) for k, v in m.compute().items()} for key, m in metrics.items()}

@@ -13,7 +13,7 @@ should capture. The constants (:data:`DEFAULT`) are the same on every dataset;
 ``python -m bench.transition_grid`` ranks the settings of a grid on the validation split of
 several datasets at once (never test), to choose them. Scored through the same full-ranking path as the models and the
 popularity baseline (``target_ranks``, history filtering, pessimistic ties). The transition matrix
-is dense, [V+1, V+2] float32, so the baseline refuses catalogs above ``MAX_ITEMS``.
+is dense, [V+2, V+1] float32, so the baseline refuses catalogs above ``MAX_ITEMS``.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from data_pipeline.datamodule import ElasticDataModule
 from .config import Config
 from .popularity import evaluate_baseline, training_mask
 
-MAX_ITEMS = 40_000  # one dense [V+1, V+2] float32 array: 6.4 GB at 40k items
+MAX_ITEMS = 40_000  # one dense [V+2, V+1] float32 array: 6.4 GB at 40k items
 
 
 @dataclass(frozen=True)
@@ -42,39 +42,33 @@ DEFAULT = TransitionParams()
 
 
 def transition_items(dm: ElasticDataModule, window: int = DEFAULT.window) -> np.ndarray:
-    """[V+1, V+2] float32 "item embeddings" of the baseline: ``out[j, i] = P(j | i)`` for i <= V,
-    ``out[j, V+1]`` = j's share of events, both over the training part of every sequence (all but
-    the last two events). One dense array, built in place."""
+    """[V+2, V+1] float32, one row per source item: ``out[i, j] = P(j | i)`` for i <= V (row 0,
+    padding, is zero), and ``out[V+1, j]`` = j's share of events, both over the training part of
+    every sequence (all but the last two events). One dense array, built in place."""
     size = dm.num_items + 1
-    out = np.zeros((size, size + 1), dtype=np.float32)
+    out = np.zeros((size + 1, size), dtype=np.float32)
     for block in dm.blocks():
         train, items = training_mask(block), block.items
         user = np.repeat(np.arange(len(block)), np.diff(block.offsets))
-        out[:, -1] += np.bincount(items[train], minlength=size)
+        out[-1] += np.bincount(items[train], minlength=size)
         for d in range(1, window + 1):  # pairs (i -> j) d steps apart in one user's training part
             pair = train[:-d] & train[d:] & (user[:-d] == user[d:])
-            np.add.at(out, (items[d:][pair], items[:-d][pair]), 1.0 / d)
-    totals = out.sum(axis=0)
+            np.add.at(out, (items[:-d][pair], items[d:][pair]), 1.0 / d)
+    totals = out.sum(axis=1, keepdims=True)
     np.divide(out, totals, out=out, where=totals > 0)
     return out
 
 
-def transition_inputs(batch_items: torch.Tensor, items: torch.Tensor, params: TransitionParams
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, N] left-padded inputs -> ``(query [B, U], items[:, cols] [V+1, U])`` whose product is
-    ``sum_k decay**k * P(. | h_k) + pop_weight * share``. A query is nonzero only on the batch's
-    recent items and the popularity column, so only those U columns of the matrix are kept: the
-    same scores at a fraction of the [B, V+2] product's cost."""
-    recent = batch_items[:, -params.last:].flip(1)  # newest first, 0 = padding
-    pop_col = items.shape[1] - 1
-    cols, index = torch.unique(torch.cat([recent[recent > 0], torch.tensor([pop_col])]), return_inverse=True)
-    weights = params.decay ** torch.arange(recent.shape[1], dtype=torch.float32).expand_as(recent)
-    query = torch.zeros(recent.shape[0], len(cols))
-    local = torch.zeros_like(recent)
-    local[recent > 0] = index[:-1]
-    query.scatter_add_(1, local, weights * (recent > 0))
-    query[:, index[-1]] = params.pop_weight
-    return query, items[:, cols]
+def transition_scores(batch_items: torch.Tensor, next_item: torch.Tensor, params: TransitionParams) -> torch.Tensor:
+    """[B, N] left-padded inputs -> scores [B, V+1] = ``sum_k decay**k * P(. | h_k) + pop_weight *
+    share``, gathered row by row from ``next_item`` (:func:`transition_items`): a user votes with
+    at most ``last`` rows, so this costs O(B x last x V), where a dense query over the catalog
+    would cost O(B x V^2). Padding (id 0) gathers the zero row."""
+    recent = batch_items[:, -params.last:].flip(1)  # newest first
+    scores = params.pop_weight * next_item[-1].expand(recent.shape[0], -1).clone()
+    for k in range(recent.shape[1]):
+        scores.add_(next_item.index_select(0, recent[:, k]), alpha=params.decay ** k)
+    return scores
 
 
 def open_data(cfg: Config) -> ElasticDataModule:
@@ -92,5 +86,4 @@ def evaluate_transition(cfg: Config, split: str = "test", params: TransitionPara
     ``params.window``) may be passed in to score several settings over one matrix."""
     dm = dm or open_data(cfg)
     items = items if items is not None else torch.from_numpy(transition_items(dm, params.window))
-    return evaluate_baseline(cfg, dm, split, "transition",
-                             lambda batch: transition_inputs(batch["items"], items, params))
+    return evaluate_baseline(cfg, dm, split, "transition", lambda batch: transition_scores(batch["items"], items, params))

@@ -27,3 +27,21 @@ def test_one_pass_grid_equals_each_setting_alone(tmp_path, monkeypatch):
     assert len(set(round(v, 6) for v in scores.values())) > 1  # the settings do differ here
     best = transition_grid.choose({"a": scores})[0]
     assert best[0] == pytest.approx(1.0) and scores[best[1]] == max(scores.values())
+
+
+def test_ranks_from_scores_equal_target_ranks():
+    """The baselines' whole-matrix ranking against the models' chunked one, on random scores (no
+    ties) with a random history filter."""
+    import torch
+
+    from elastic_pl.metrics import ranks_from_scores, target_ranks
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        b, v, d = (int(x) for x in torch.randint(1, 40, (3,), generator=g))
+        query, items = torch.randn(b, d, generator=g), torch.randn(v + 1, d, generator=g)
+        target = torch.randint(0, v + 1, (b,), generator=g)  # 0: a padding row, rank 0
+        seen = torch.randint(0, v + 1, (b, 6), generator=g)
+        scores = torch.cat([torch.full((b, 1), 1e9), query @ items[1:].T], dim=1)  # column 0 never ranks
+        for filt in (None, seen):
+            assert torch.equal(ranks_from_scores(scores, target, filt), target_ranks(query, items, target, filt, 7))
