@@ -270,6 +270,10 @@ class ElasticDataModule(L.LightningDataModule):
     def _trainer_progress(self) -> tuple[int, int]:
         """(epoch, its batches whose optimizer step ran): Lightning's counters."""
         loop = self.trainer.fit_loop
+        if self.trainer.should_stop and self._train_loader is not None:
+            # a stop inside the epoch (trainer.max_time_minutes): Lightning counts the epoch as done
+            # and resumes at the next one, so the data must too (not finish this one's batches)
+            return int(self.trainer.current_epoch), len(self._train_loader.dataset)
         return int(self.trainer.current_epoch), int(loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:

@@ -101,7 +101,10 @@ def build_trainer(cfg: Config, directory: Path, *, stage: str, callbacks: Sequen
                                              save_top_k=-1, save_last=True, filename="step{step}",
                                              auto_insert_metric_name=False))
         if t.early_stopping_patience > 0:
-            callbacks.append(EarlyStopping(monitor=BEST_METRIC, mode="max", patience=t.early_stopping_patience))
+            # checked when a validation ends: a run resumed inside an epoch whose validation already
+            # ran (a wall-time stop) ends that epoch without one, so no metric is there
+            callbacks.append(EarlyStopping(monitor=BEST_METRIC, mode="max", patience=t.early_stopping_patience,
+                                           check_on_train_epoch_end=False))
         callbacks.append(LogStepFromGlobalStep())
         callbacks.extend(requeue_callbacks())  # SLURM: SIGUSR1 -> hpc checkpoint + requeue
     if t.progress_bar:

@@ -366,3 +366,41 @@ def test_limit_test_batches_scores_a_subset_and_says_so(trained):
     assert stored["limit_test_batches"] == 1 and stored["test"]["test/count"] == 32
     with pytest.raises(ConfigError, match="trainer.limit_test_batches: must be >= 1"):
         load_config(None, ["trainer.limit_test_batches=0"])
+
+
+class StopLikeTheTimer(L.Callback):
+    """What ``trainer.max_time_minutes`` does when the time runs out inside an epoch: ask the loop
+    to stop after a step; Lightning then validates and writes the last checkpoint mid-epoch."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == 1:
+            trainer.should_stop = True
+
+
+def _stopped_run(overrides, run_id):
+    run = overrides + [f"run.run_id={run_id}", "trainer.early_stopping_patience=3", "trainer.max_epochs=3"]
+    first = fit(load_config(None, run), callbacks=[StopLikeTheTimer()])
+    assert first.trainer.global_step == 6  # one epoch of 4 steps, then 2 of the second
+    return run, Path(first.run_dir) / "checkpoints" / "last.ckpt"
+
+
+def test_a_resume_after_a_wall_time_stop_starts_the_next_epoch_in_step_with_lightning(trained):
+    """Lightning counts the stopped epoch as done; the data must start the next epoch too, not
+    spend the resumed epoch on the stopped one's remaining batches (which lost an epoch)."""
+    _, overrides, _ = trained
+    run, _ = _stopped_run(overrides, "timer-stop")
+    resumed = fit(load_config(None, run))
+    assert logged_train_steps(resumed.run_dir)[-1] == list(range(6, 10))  # epoch 2, whole: 4 steps
+    assert resumed.test["test/count"] == 120
+
+
+def test_a_resume_of_a_stopped_epoch_with_early_stopping_does_not_crash(trained):
+    """A checkpoint that points inside the stopped epoch (as written before the fix above): the
+    resumed run ends that epoch without a validation, where early stopping has no metric to read."""
+    _, overrides, _ = trained
+    run, last = _stopped_run(overrides, "timer-stop-old")
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["ElasticDataModule"]["train_loader"]["batches"] = 2
+    torch.save(ckpt, last)
+    resumed = fit(load_config(None, run))
+    assert resumed.trainer.global_step > 6 and resumed.test["test/count"] == 120
