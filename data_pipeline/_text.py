@@ -32,6 +32,7 @@ INT_RE = re.compile(r"^-?[0-9]+$")
 FLOAT_RE = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def open_binary(path: str):
@@ -48,7 +49,7 @@ def iter_blocks(path: str, block_size: int, skip_through: int = 0) -> Iterator[T
     """``(number of the first line, whole lines ending in '\\n')`` over the file; lines up to
     ``skip_through`` (a header) are left out. A truncated or corrupt gzip stream is a ValueError
     naming the first line it did not deliver whole."""
-    lineno, pending, size = 1, [], 0
+    lineno, pending, size, start = 1, [], 0, True
     # gzip: small reads, so an error loses at most one piece; plain files: one read per block
     piece = min(block_size, 1 << 16) if path.lower().endswith(".gz") else block_size
     with open_binary(path) as f:
@@ -58,6 +59,8 @@ def iter_blocks(path: str, block_size: int, skip_through: int = 0) -> Iterator[T
             except (EOFError, OSError, zlib.error) as e:
                 lost = lineno + sum(p.count(b"\n") for p in pending)
                 raise DataError(f"{path}:{lost}: the gzip data ends early or is corrupt (truncated file?): {e}") from None
+            if start:  # a UTF-8 byte order mark is no part of the first line, whichever path reads it
+                chunk, start = chunk.removeprefix(UTF8_BOM), False
             if chunk:
                 pending.append(chunk)
                 size += len(chunk)
@@ -242,5 +245,9 @@ def read_header(path: str, delimiter: str) -> Tuple[int, List[str]]:
     if not lines:
         raise DataError(f"{path}: empty file (no header line)")
     lineno, raw = lines[0]
-    text = raw.decode("utf-8-sig", errors="replace")
-    return lineno, split_fields(text, delimiter, quoting=True)
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return lineno, split_fields(text, delimiter, quoting=True)
+    except csv.Error as e:  # e.g. a comma-separated header read as tab-separated
+        raise DataError(f"{path}:{lineno}: cannot split the header line on {delimiter!r} ({e}): {text[:200]!r}; "
+                        "check source.format") from None

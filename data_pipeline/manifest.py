@@ -20,6 +20,7 @@ from data_pipeline.errors import DataError
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 2  # what prepare writes
 READABLE_VERSIONS = (1, 2)
+TAR_BLOCK = 512  # every tar file is a whole number of these blocks
 
 
 class ManifestError(DataError):
@@ -156,6 +157,11 @@ def resolve_urls(manifest: Manifest, urls: Sequence[str] | None = None) -> list[
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise ManifestError(f"{len(missing)} shard(s) listed in the manifest are missing: {missing[:3]}{more}")
+    for p, s in zip(paths, manifest.shards):  # cheap, before anything is written: a tar is whole 512-byte blocks
+        size = os.path.getsize(p)
+        if s.users and (size == 0 or size % TAR_BLOCK):
+            raise ManifestError(f"{p}: {size} bytes, not a whole tar file (empty or truncated; the manifest lists "
+                                f"{s.users} users in it): restore it or re-run prepare")
     on_disk = sorted(f for f in os.listdir(manifest.data_dir) if f.startswith("seq-") and f.endswith(".tar"))
     extra = sorted(set(on_disk) - {s.name for s in manifest.shards})
     if extra:

@@ -82,12 +82,18 @@ def _item_map(cfg: PrepareConfig) -> str:
     return _work(cfg, "item_map.parquet")
 
 
+def _check_output_dir(cfg: PrepareConfig) -> None:
+    if not cfg.output_dir:
+        raise DataError("prepare.output_dir: empty")
+    if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
+        raise DataError(f"prepare.output_dir: {cfg.output_dir} exists and is not a directory")
+
+
 def plan(src: SourceConfig, cfg: PrepareConfig) -> dict:
     """Stage 1; reuses ``_work/plan.json`` when it matches this input and config. Inputs are
     checked first; if reading fails, the work files are removed again (and ``output_dir`` if
     this call created it)."""
-    if not cfg.output_dir:
-        raise DataError("prepare.output_dir: empty")
+    _check_output_dir(cfg)
     check_inputs(src)
     fp = fingerprint(src, cfg)
     old = _read_json(_work(cfg, "plan.json"))
@@ -146,7 +152,8 @@ def finalize(cfg: PrepareConfig, src: Optional[SourceConfig] = None) -> dict:
     dones = [_read_json(_done_path(cfg, b)) for b in bucket_ids(cfg)]
     missing = [b for b, d in enumerate(dones) if d is None or d.get("fingerprint") != p["fingerprint"]]
     if missing:
-        raise RuntimeError(f"finalize: buckets not done: {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+        raise DataError(f"finalize: buckets not done: {missing[:20]}{' ...' if len(missing) > 20 else ''} (run "
+                        f"`prepare --bucket N` for each of them first, with the same config)")
     out, parts_dir, shards = cfg.output_dir, _work(cfg, "buckets"), []
     for d in dones:
         for part in d["parts"]:
@@ -194,8 +201,7 @@ def prepare(source: SourceConfig, cfg: PrepareConfig) -> dict:
     """All stages locally with ``cfg.workers`` processes; returns the manifest (resumable)."""
     source.validate()
     cfg.validate()
-    if not cfg.output_dir:
-        raise DataError("prepare.output_dir: empty")
+    _check_output_dir(cfg)
     check_inputs(source)  # before anything is written
     man = _read_json(os.path.join(cfg.output_dir, "manifest.json"))
     if man is not None and man.get("fingerprint") == fingerprint(source, cfg) and not os.path.exists(_work(cfg)):

@@ -92,7 +92,22 @@ def load_checkpoint(path, trust: bool = False) -> dict:
             "state_dict" in ckpt or "model" in ckpt):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: not an elastic-pl checkpoint (no weights or hyper-parameters; has {keys})")
+    _check_layout(ckpt, path)
     return ckpt
+
+
+def _check_layout(ckpt: dict, path) -> None:
+    """The parts every reader indexes are mappings, so a damaged file is one message, not a KeyError."""
+    hp, provenance = ckpt["hyper_parameters"], ckpt.get(PROVENANCE_KEY, {})
+    parts = {"hyper_parameters": hp, "hyper_parameters.model": hp.get("model") if isinstance(hp, dict) else hp,
+             "state_dict": ckpt.get("state_dict", ckpt.get("model")), PROVENANCE_KEY: provenance}
+    if isinstance(provenance, dict):
+        parts.update({f"{PROVENANCE_KEY}.{k}": provenance[k] for k in ("data", "model") if k in provenance})
+    for name, value in parts.items():
+        if not isinstance(value, dict):
+            what = "missing" if value is None else f"of type {type(value).__name__}, not a mapping"
+            raise CheckpointError(f"{path}: not an elastic-pl checkpoint: its {name!r} is {what} (a damaged or "
+                                  "foreign file)")
 
 
 def without_compile_prefix(state: dict) -> dict:
@@ -107,7 +122,7 @@ def module_from_checkpoint(ckpt: dict, path) -> ElasticLightningModule:
     try:
         module = ElasticLightningModule(**ckpt["hyper_parameters"])
         module.load_state_dict(without_compile_prefix(state))
-    except (TypeError, RuntimeError) as e:
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:  # config checks raise ValueError
         raise CheckpointError(f"{path}: its weights or hyper-parameters do not fit this version's model "
                               f"({_first_line(e)})") from None
     return module.eval()
@@ -168,7 +183,10 @@ def check_data(ckpt: dict, path, data_dir, allow_mismatch: bool = False) -> None
 def check_model_config(ckpt: dict, path, model_cfg: dict) -> None:
     """The config's ``model`` section (``num_items`` aside: it is the data's) equals the
     checkpoint's, else :class:`ModelConfigMismatchError` listing the differing keys."""
-    saved = dataclasses.asdict(ModelConfig.from_dict(ckpt["hyper_parameters"]["model"]))  # any layout
+    try:
+        saved = dataclasses.asdict(ModelConfig.from_dict(ckpt["hyper_parameters"]["model"]))  # any layout
+    except (TypeError, ValueError, KeyError) as e:  # UnknownComponent is a KeyError or ValueError too
+        raise CheckpointError(f"{path}: its model config cannot be read by this version ({_first_line(e)})") from None
     wanted = {**model_cfg, "num_items": saved["num_items"]}
     changes = diff({"model": saved}, {"model": wanted})
     if changes:

@@ -2,17 +2,22 @@
 
 Every command reads the same config tree (elastic_pl.config): the YAML layers in order, then overrides.
 Config errors are reported before any work starts. An error in the user's input (config, data,
-checkpoint, environment: ``USER_INPUT_ERRORS``) is one line naming the file, row or key, exit
-status 2 (its traceback with ``--debug``); any other exception is a bug and shows its traceback.
+checkpoint: ``USER_INPUT_ERRORS``; environment: ``_environment_error``) is one line naming the file,
+row or key, exit status 2 (its traceback with ``--debug``); any other exception is a bug and shows
+its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
 from typing import List, Optional
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from data_pipeline.errors import DataError
 from data_pipeline.shard_reader import ShardReadError
@@ -23,6 +28,9 @@ from .errors import UserInputError
 # errors that mean the input is wrong; the data pipeline's own types are listed here because it
 # sits upstream of elastic_pl (it cannot subclass elastic_pl.errors.UserInputError)
 USER_INPUT_ERRORS = (UserInputError, ConfigError, DataError, ShardReadError)
+# an OSError with one of these on a path the user gave is the environment's (see _environment_error)
+PATH_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+               errno.ENOSPC)
 
 HR_KEYS = ["hr@1", "hr@5", "hr@10", "hr@20", "hr@50"]
 NDCG_KEYS = ["ndcg@5", "ndcg@10", "ndcg@20", "ndcg@50", "mrr"]
@@ -80,6 +88,7 @@ def cmd_train(cfg: Config, args) -> dict:
 
 
 def cmd_evaluate(cfg: Config, args) -> dict:
+    _check_out_file(args)
     if args.baseline == "popularity":
         from .popularity import evaluate_popularity
 
@@ -94,10 +103,14 @@ def cmd_evaluate(cfg: Config, args) -> dict:
         metrics = evaluate(cfg, _checkpoint(args), split=args.split, trust=args.trust_checkpoint,
                            allow_data_mismatch=args.allow_data_mismatch)
     prefix = "val/" if args.split == "valid" else "test/"
+    if metrics.get(prefix + "count") == 0:  # metrics of nobody are no result
+        raise DataError(f"{cfg.data.loader.data_dir}: no user has enough events to be scored on the {args.split} "
+                        "split: nothing was evaluated")
     print(metrics_table(metrics, prefix))
     from lightning.pytorch.utilities import rank_zero_only
 
     if args.out and rank_zero_only.rank == 0:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -105,6 +118,7 @@ def cmd_evaluate(cfg: Config, args) -> dict:
 def cmd_predict(cfg: Config, args) -> dict:
     from .predict import predict
 
+    _check_out_file(args)
     out = predict(cfg, _checkpoint(args), args.out, trust=args.trust_checkpoint,
                   allow_data_mismatch=args.allow_data_mismatch)
     print(f"wrote top-{cfg.eval.top_k} recommendations for {out['users']} users -> {out['path']}")
@@ -131,6 +145,8 @@ def cmd_export(cfg: Config, args) -> dict:
 
     checkpoint = _checkpoint(args)
     out_dir = Path(args.out) if args.out else export_dir(checkpoint)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"export: --out {out_dir} is a file; export writes a directory")
     ckpt = load_checkpoint(checkpoint, args.trust_checkpoint)
     if args.config or any(o.startswith("model.") for o in args.overrides):  # a model section was given
         check_model_config(ckpt, checkpoint, dataclasses.asdict(cfg.model))
@@ -173,6 +189,38 @@ def _checkpoint(args) -> str:
     if not path.exists():
         raise ConfigError(f"{args.command}: checkpoint not found: {args.checkpoint}")
     return args.checkpoint
+
+
+def _check_out_file(args) -> None:
+    """``--out`` of evaluate / predict names a file that can be made: refused before any work if it
+    is a directory or its nearest existing parent is a file or not writable."""
+    if not args.out:
+        return
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"{args.command}: --out {out} is a directory; give a file name inside it")
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"{args.command}: --out {out} cannot be written ({parent} is "
+                          f"{'not a directory' if not parent.is_dir() else 'not writable'})")
+
+
+def _environment_error(e: BaseException) -> Optional[str]:
+    """The one-line message for an error of the environment rather than of the code: a path that
+    cannot be written or read, a trainer setting this machine cannot run, W&B failing to start."""
+    if isinstance(e, OSError) and e.errno in PATH_ERRNOS:  # pyarrow's carry no filename but name it
+        where = f"{e.filename}: {e.strerror}" if e.filename is not None else _first_line(e)
+        return f"{where} (check the path and its permissions)"
+    if isinstance(e, MisconfigurationException):
+        return f"trainer settings this machine cannot run: {_first_line(e)}"
+    if type(e).__module__.startswith("wandb."):  # wandb.errors.CommError, UsageError, ...
+        return (f"W&B could not start ({type(e).__name__}: {_first_line(e)}); without a connection to W&B, "
+                "set WANDB_MODE=offline (it wins over wandb.mode) and `wandb sync` the run later")
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -225,6 +273,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.debug:
             _print_traceback(e)
         print(f"elastic-pl: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        message = _environment_error(e)
+        if message is None:  # a bug: its traceback
+            raise
+        if args.debug:
+            _print_traceback(e)
+        print(f"elastic-pl: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -29,6 +29,11 @@ class ConfigError(ValueError):
     """A bad config key, type or value; the message names the key and its source."""
 
 
+def _need(cond: bool, key: str, msg: str, value) -> None:
+    if not cond:
+        raise ValueError(f"{key}: {msg} (got {value!r})")
+
+
 @dataclass
 class RunConfig:
     root: str = "runs"
@@ -69,6 +74,13 @@ class OptimConfig:
     item_table_lr: Optional[float] = None  # a row-sparse table's learning rate (default: lr)
 
     def __post_init__(self) -> None:
+        _need(self.lr > 0, "optim.lr", "must be > 0", self.lr)
+        _need(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+        _need(self.memory_lr_mult >= 0, "optim.memory_lr_mult", "must be >= 0", self.memory_lr_mult)
+        for name in ("beta1", "beta2"):
+            _need(0 <= getattr(self, name) < 1, f"optim.{name}", "must be in [0, 1)", getattr(self, name))
+        _need(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0", self.warmup_steps)
+        _need(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
         if self.item_table not in ITEM_TABLE_UPDATES:
             raise ValueError(f"optim.item_table: must be one of {ITEM_TABLE_UPDATES} (got {self.item_table!r})")
         if self.item_table_lr is not None and self.item_table_lr <= 0:
@@ -102,6 +114,18 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.limit_test_batches is not None and self.limit_test_batches < 1:  # 0 would skip the test
             raise ValueError(f"trainer.limit_test_batches: must be >= 1 or null (got {self.limit_test_batches})")
+        for name in ("devices", "num_nodes", "check_val_every_n_epoch", "log_every_n_steps"):
+            _need(getattr(self, name) >= 1, f"trainer.{name}", "must be >= 1", getattr(self, name))
+        for name in ("max_epochs", "max_steps"):  # -1: no limit; 0 is reported by train (no step ran)
+            _need(getattr(self, name) >= -1, f"trainer.{name}", "must be >= 0, or -1 for no limit", getattr(self, name))
+        for name in ("gradient_clip_val", "checkpoint_every_n_steps", "early_stopping_patience"):  # 0: off
+            _need(getattr(self, name) >= 0, f"trainer.{name}", "must be >= 0 (0: off)", getattr(self, name))
+        _need(self.dist_timeout_minutes > 0, "trainer.dist_timeout_minutes", "must be > 0", self.dist_timeout_minutes)
+        _need(self.max_time_minutes is None or self.max_time_minutes > 0, "trainer.max_time_minutes",
+              "must be > 0 or null (no limit)", self.max_time_minutes)
+        v = self.limit_val_batches  # as Lightning reads it: a fraction of the batches, or a whole count
+        _need(v is None or 0 <= v <= 1 or v > 1 and v == int(v), "trainer.limit_val_batches",
+              "must be a fraction in [0, 1], a whole number of batches, or null", v)
 
 
 @dataclass
@@ -109,6 +133,10 @@ class EvalConfig:
     filter_seen: bool = True  # exclude the user's history items from the ranking
     chunk_size: int = 65536  # items scored at once
     top_k: int = 100  # recommendations written by `predict`
+
+    def __post_init__(self) -> None:
+        _need(self.chunk_size >= 1, "eval.chunk_size", "must be >= 1", self.chunk_size)
+        _need(self.top_k >= 1, "eval.top_k", "must be >= 1", self.top_k)
 
 
 @dataclass
@@ -138,6 +166,8 @@ class Config:
 CHOICES = {
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda"),
     "trainer.strategy": ("auto", "ddp", "ddp_spawn", "fsdp", "fsdp2"),
+    "trainer.precision": ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+                          "transformer-engine-float16", "32", "16", "bf16", "64"),  # what Lightning accepts
     "wandb.mode": ("auto", "online", "offline"),
 }
 
@@ -177,9 +207,14 @@ def load_config(paths: Union[None, str, Sequence[str]] = None, overrides: Option
         if value not in allowed:
             raise ConfigError(f"{key}: must be one of {allowed} (got {value!r})")
     try:
-        return OmegaConf.to_object(cfg)
-    except (ValueError, OmegaConfBaseException) as e:  # dataclass __post_init__ checks
+        config = OmegaConf.to_object(cfg)
+        OmegaConf.structured(config)  # to_object lets e.g. a mapping inside a List[str] through; this does not
+    except OmegaConfBaseException as e:  # a value of the wrong type, an interpolation to a missing key
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"invalid config: '{key}': {str(e).splitlines()[0]}") from None
+    except ValueError as e:  # dataclass __post_init__ checks
         raise ConfigError(f"invalid config: {e}") from None
+    return config
 
 
 def to_yaml(cfg: Config) -> str:

@@ -24,3 +24,7 @@ class ModelConfigMismatchError(UserInputError):
 
 class RunConfigChangedError(UserInputError):
     """A run directory's saved ``config.yaml`` differs from the config of this launch."""
+
+
+class RunKeyError(UserInputError):
+    """The per-user key that marks run directories (``$ELASTIC_PL_RUN_KEY``) cannot be read or made."""

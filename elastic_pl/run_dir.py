@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from .config import Config, ConfigError, load_config, to_dict, to_yaml
 from .errors import RunConfigChangedError
+from .run_marker import check_key
 
 CONFIG_NAME = "config.yaml"
 POLICIES = ("error", "new_run", "allow")
@@ -113,6 +114,10 @@ def open_run(cfg: Config, has_checkpoint) -> RunDirectory:
     if policy not in POLICIES:
         raise ConfigError(f"run.on_config_change: must be one of {POLICIES} (got {policy!r})")
     path, now = resolve(cfg), to_dict(cfg)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run directory {path} (run.dir, or run.root/run.experiment/run.run_id) exists and is "
+                          "not a directory")
+    check_key()  # a run marks or verifies its directory with it: refuse a bad key before anything is written
     saved = saved_config(path)
     changes = diff(saved, now, LOCATION_KEYS) if saved is not None else {}
     if not changes:

@@ -22,8 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from .errors import RunKeyError
+
 MARKER_NAME = "run_marker.json"
 _DOMAIN = b"elastic-pl run directory v1\0"
+KEY_HINT = ("point ELASTIC_PL_RUN_KEY to a file of your own (made on first use), or fix this one; run directories "
+            "marked with another key are not trusted")
 
 
 def key_path() -> Path:
@@ -47,8 +51,11 @@ def _key(create: bool) -> Optional[bytes]:
     key = _read_key(path)
     if key is not None or not create:
         return key
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".run-key-")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".run-key-")
+    except OSError as e:
+        raise RunKeyError(f"{path}: cannot create the run-directory key ({e.strerror}); {KEY_HINT}") from None
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, secrets.token_hex(32).encode())
@@ -61,8 +68,20 @@ def _key(create: bool) -> Optional[bytes]:
         os.unlink(tmp)
     key = _read_key(path)
     if key is None:
-        raise OSError(f"{path}: cannot read the run-directory key just written")
+        raise RunKeyError(f"{path}: not a readable run-directory key; {KEY_HINT}")
     return key
+
+
+def check_key() -> None:
+    """Before a run writes anything: the key file, if there is one, holds a key, else it can be made."""
+    path = key_path()
+    if path.exists() or path.is_symlink():
+        if _read_key(path) is None:
+            raise RunKeyError(f"{path}: not a readable run-directory key (64 hex digits); {KEY_HINT}")
+        return
+    ancestor = next(p for p in path.parents if p.exists())
+    if not ancestor.is_dir():
+        raise RunKeyError(f"{path}: cannot create the run-directory key: {ancestor} is not a directory; {KEY_HINT}")
 
 
 def _mac(key: bytes, nonce: str) -> str:

@@ -15,9 +15,10 @@ from typing import Optional
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .config import Config, to_dict
+from .config import Config, ConfigError, to_dict
 
 ID_FILE = "wandb_run_id.txt"
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb accepts in WANDB_MODE
 
 
 def logged_in() -> bool:
@@ -35,6 +36,9 @@ def resolve_mode(mode: str) -> str:
     """``auto`` -> online when logged in, else offline. ``WANDB_MODE`` in the environment wins."""
     env = os.environ.get("WANDB_MODE")
     if env:
+        if env not in WANDB_MODES:
+            raise ConfigError(f"WANDB_MODE={env!r} in the environment: must be one of {WANDB_MODES} (it wins over "
+                              "wandb.mode)")
         return env
     if mode == "auto":
         return "online" if logged_in() else "offline"
