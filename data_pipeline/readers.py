@@ -112,6 +112,13 @@ def check_inputs(src: SourceConfig) -> List[str]:
     (the whole content is checked while it is read). Raises ValueError naming the file."""
     src.validate()
     files = resolve_files(src.path)
+    kinds: dict = {}
+    for path in files:
+        kinds.setdefault(formats.format_of(path, src.format).name, []).append(os.path.basename(path))
+    if len(kinds) > 1:  # most often one log saved twice (events.csv and events.parquet): read twice
+        listed = "; ".join(f"{k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for k, v in kinds.items())
+        raise DataError(f"source.path: {src.path} holds files of {len(kinds)} formats ({listed}); each would be "
+                        "read as part of the log. Point source.path at one of them (e.g. a glob such as dir/*.parquet)")
     stats = ReadStats()
     for path in files:
         reader = _open(src, path)

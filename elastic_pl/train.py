@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
@@ -157,6 +158,16 @@ def _resume_checkpoint(directory: Path, trust: bool) -> Optional[Path]:
     return resume
 
 
+def check_trainable(t) -> None:
+    """Settings under which no step could run, refused before the run directory is written."""
+    if t.max_epochs == 0 or t.max_steps == 0:
+        raise ConfigError(f"trainer.max_epochs={t.max_epochs}, trainer.max_steps={t.max_steps}: no training step "
+                          "would run (use -1 for no limit)")
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={t.accelerator}: this machine has no CUDA GPU "
+                          "(trainer.accelerator=cpu or auto)")
+
+
 def fit(cfg: Config, callbacks: Sequence = (), trust_checkpoint: bool = False) -> FitResult:
     """Train (resuming if the run directory has a checkpoint), then test the best checkpoint.
     Under SLURM, raises ``strategies.Requeued`` after a SIGUSR1 (checkpoint saved, job requeued)."""
@@ -165,6 +176,7 @@ def fit(cfg: Config, callbacks: Sequence = (), trust_checkpoint: bool = False) -
     module = build_module(cfg, dm.num_items)
     resolved = dataclasses.replace(cfg, model=module.model_cfg)
     check_slurm_layout(cfg.trainer)  # before anything is written to the run directory
+    check_trainable(cfg.trainer)
     run = open_run(resolved, lambda d: latest_checkpoint(d) is not None)  # run.on_config_change; writes nothing
     directory = run.path
     resume = _resume_checkpoint(directory, trust_checkpoint)

@@ -8,6 +8,7 @@ import re
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -302,3 +303,24 @@ def test_a_missing_user_map_is_an_error_not_dense_ids(one_step, tmp_path, capsys
                  f"data.loader.data_dir={data}"]) == 2
     _one_message(capsys, "user map", "user_map.parquet is missing")
     assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("setting", ["trainer.max_epochs=0", "trainer.max_steps=0", "trainer.accelerator=gpu"])
+def test_untrainable_settings_are_refused_before_the_run_directory_exists(tiny_data, tmp_path, setting, capsys):
+    if setting.endswith("gpu") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    run = tmp_path / "run"
+    assert main(["train", *tiny_overrides(tiny_data), f"run.dir={run}", setting]) == 2
+    assert setting.split("=")[0] in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_a_directory_with_one_log_in_two_formats_is_refused(tmp_path):
+    """events.csv beside events.parquet (the same log saved twice) was read twice: double events."""
+    from data_pipeline.readers import check_inputs
+
+    (tmp_path / "events.csv").write_text("user,item,ts\n1,2,3\n1,3,4\n")
+    pq.write_table(pa.table({"user": [1, 1], "item": [2, 3], "ts": [3, 4]}), tmp_path / "events.parquet")
+    with pytest.raises(DataError, match=r"holds files of 2 formats \(csv: events.csv; parquet: events.parquet\)"):
+        check_inputs(SourceConfig(path=str(tmp_path)))
+    assert check_inputs(SourceConfig(path=str(tmp_path / "*.parquet"))) == [str(tmp_path / "events.parquet")]

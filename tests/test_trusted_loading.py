@@ -38,5 +38,5 @@ def test_a_run_that_trained_no_step_reports_no_test_metrics(tmp_path, monkeypatc
     overrides = tiny_overrides(tmp_path, "run.run_id=untrained", "wandb.enabled=false", "trainer.max_epochs=0")
     assert main(["prepare", *overrides]) == 0
     assert main(["train", *overrides]) == 2
-    assert "no training step ran (trainer.max_epochs=0" in capsys.readouterr().err
+    assert "trainer.max_epochs=0, trainer.max_steps=-1: no training step would run" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "e2e" / "untrained" / "test_metrics.json").exists()
