@@ -214,6 +214,9 @@ class ElasticDataModule(L.LightningDataModule):
             return max(1, -(-self.num_users // (c.batch_size * self.world_size)))
         train = np.minimum(splits.train_lengths(self.lengths()), self.window_len + 1)
         tokens = int(np.maximum(train[train >= 2] - 1, 0).sum())
+        if tokens == 0:
+            raise DataError(f"{c.data_dir}: no user has enough events to train on (a user needs at least 4: two "
+                            "for a training pair, then the validation and test items)")
         return max(1, -(-tokens // (c.max_tokens * self.world_size)))
 
     def setup(self, stage: Optional[str] = None) -> None:

@@ -324,3 +324,19 @@ def test_a_directory_with_one_log_in_two_formats_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"holds files of 2 formats \(csv: events.csv; parquet: events.parquet\)"):
         check_inputs(SourceConfig(path=str(tmp_path)))
     assert check_inputs(SourceConfig(path=str(tmp_path / "*.parquet"))) == [str(tmp_path / "events.parquet")]
+
+
+@pytest.mark.parametrize("case", ["budget below the longest user", "no user long enough"])
+def test_data_the_budget_cannot_train_is_refused_before_the_run_directory_exists(tmp_path, case, capsys):
+    short = case == "no user long enough"
+    write_shards(str(tmp_path / "shards"), random_sequences(20, 30, min_len=3 if short else 10,
+                                                            max_len=3 if short else 30, seed=2),
+                 num_shards=1, num_items=30)
+    run = tmp_path / "run"
+    args = ["train", f"data.loader.data_dir={tmp_path}/shards", f"run.dir={run}", "data.loader.num_workers=0",
+            "wandb.enabled=false", "trainer.accelerator=cpu", "data.loader.max_len=32", "model.max_positions=32",
+            f"data.loader.max_tokens={64 if short else 8}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert ("no user has enough events" if short else "exceeds data.loader.max_tokens=8") in err
+    assert not run.exists()
