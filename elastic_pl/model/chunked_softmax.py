@@ -26,11 +26,11 @@ def default_chunk_rows(num_items: int) -> int:
 
 class _ChunkedFullSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, query, items, target, temperature: float, chunk_rows: int):
-        m, cand = query.shape[0], items[1:]  # row 0 is padding, never a candidate
+    def forward(ctx, query, cand, target, temperature: float, chunk_rows: int):
+        m = query.shape[0]
         want_grad = any(ctx.needs_input_grad[:2])  # False under no_grad: the loss value only
         grad_q = torch.empty(query.shape, dtype=torch.float32, device=query.device) if want_grad else None
-        grad_items = torch.zeros(items.shape, dtype=torch.float32, device=items.device) if want_grad else None
+        grad_cand = torch.zeros(cand.shape, dtype=torch.float32, device=cand.device) if want_grad else None
         total = torch.zeros((), dtype=torch.float64, device=query.device)
         for start in range(0, m, chunk_rows):
             q = query[start:start + chunk_rows] / temperature
@@ -46,19 +46,19 @@ class _ChunkedFullSoftmax(torch.autograd.Function):
                 probs[torch.arange(len(t), device=t.device), t] -= 1.0
                 probs = probs.to(q.dtype)
                 grad_q[start:start + chunk_rows] = (probs @ cand).float()
-                grad_items[1:] += (probs.T @ q).float()
+                grad_cand += (probs.T @ q).float()
         if want_grad:
             grad_q /= m * temperature  # logits = (query / T) @ cand.T
-            grad_items /= m
-            ctx.save_for_backward(grad_q, grad_items)
-        ctx.dtypes = query.dtype, items.dtype
+            grad_cand /= m
+            ctx.save_for_backward(grad_q, grad_cand)
+        ctx.dtypes = query.dtype, cand.dtype
         return (total / m).to(torch.float32)
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_q, grad_items = ctx.saved_tensors
-        q_dtype, items_dtype = ctx.dtypes
-        return (grad_q * grad_out).to(q_dtype), (grad_items * grad_out).to(items_dtype), None, None, None
+        grad_q, grad_cand = ctx.saved_tensors
+        q_dtype, cand_dtype = ctx.dtypes
+        return (grad_q * grad_out).to(q_dtype), (grad_cand * grad_out).to(cand_dtype), None, None, None
 
 
 def chunked_full_softmax(query: torch.Tensor, target: torch.Tensor, items: torch.Tensor, temperature: float,
@@ -66,4 +66,6 @@ def chunked_full_softmax(query: torch.Tensor, target: torch.Tensor, items: torch
     """Mean cross-entropy of ``softmax((query / T) @ items[1:].T)`` at ``target - 1``: query [M, D],
     target [M] in 1..V, items [V+1, D]. ``chunk_rows`` 0: sized so a chunk holds about 2^20 logits."""
     rows = chunk_rows or default_chunk_rows(items.shape[0] - 1)
-    return _ChunkedFullSoftmax.apply(query, items, target, temperature, rows)
+    # the padding row is sliced off out here, where autograd (and a row-sparse table's guard,
+    # sparse_rows.py, which refuses whole-table reads) sees it
+    return _ChunkedFullSoftmax.apply(query, items[1:], target, temperature, rows)
