@@ -9,9 +9,9 @@ events, which breaks the ties among items no recent item leads to. With ``window
 the first-order Markov chain.
 
 It tells how much of a dataset's next-item signal is item-to-item, the part any sequential model
-should capture. The constants (:data:`DEFAULT`) are the same on every dataset;
-``python -m bench.transition_grid`` ranks the settings of a grid on the validation split of
-several datasets at once (never test), to choose them. Scored through the same full-ranking path as the models and the
+should capture. The constants (:data:`DEFAULT`) are the same on every dataset: the best setting of
+``python -m bench.transition_grid`` over seven public sets, ranked on their validation splits
+(never test; BENCHMARKS.md s.4z). Scored through the same full-ranking path as the models and the
 popularity baseline (``target_ranks``, history filtering, pessimistic ties). The transition matrix
 is dense, [V+2, V+1] float32, so the baseline refuses catalogs above ``MAX_ITEMS``.
 """
@@ -32,8 +32,8 @@ MAX_ITEMS = 40_000  # one dense [V+2, V+1] float32 array: 6.4 GB at 40k items
 
 @dataclass(frozen=True)
 class TransitionParams:
-    window: int = 3  # count the next `window` items after each item, weight 1 / distance
-    last: int = 5  # the user's most recent items that vote
+    window: int = 5  # count the next `window` items after each item, weight 1 / distance
+    last: int = 10  # the user's most recent items that vote
     decay: float = 0.5  # weight of the k-th most recent item: decay**k
     pop_weight: float = 1e-3  # times the item's share of training events
 
