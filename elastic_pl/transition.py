@@ -80,10 +80,8 @@ def open_data(cfg: Config) -> ElasticDataModule:
     return dm
 
 
-def evaluate_transition(cfg: Config, split: str = "test", params: TransitionParams = DEFAULT,
-                        dm: ElasticDataModule | None = None, items: torch.Tensor | None = None) -> dict:
-    """Metrics of the baseline on ``split``; ``dm`` and ``items`` (``transition_items`` for
-    ``params.window``) may be passed in to score several settings over one matrix."""
-    dm = dm or open_data(cfg)
-    items = items if items is not None else torch.from_numpy(transition_items(dm, params.window))
+def evaluate_transition(cfg: Config, split: str = "test", params: TransitionParams = DEFAULT) -> dict:
+    """Metrics of the baseline on ``split`` (several settings at once: bench/transition_grid.py)."""
+    dm = open_data(cfg)
+    items = torch.from_numpy(transition_items(dm, params.window))
     return evaluate_baseline(cfg, dm, split, "transition", lambda batch: transition_scores(batch["items"], items, params))
