@@ -24,6 +24,7 @@ from data_pipeline.shard_reader import ShardReadError
 
 from .config import Config, ConfigError, load_config
 from .errors import UserInputError
+from .run_dir import discarded_on_failure, resolve as run_dir
 
 # errors that mean the input is wrong; the data pipeline's own types are listed here because it
 # sits upstream of elastic_pl (it cannot subclass elastic_pl.errors.UserInputError)
@@ -81,7 +82,9 @@ def cmd_train(cfg: Config, args) -> dict:
 
     result = fit(cfg, trust_checkpoint=args.trust_checkpoint)
     if result.trainer.is_global_zero:
-        print(f"\nrun directory: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}")
+        print(f"\nrun directory: {result.run_dir}\nbest checkpoint: {result.best_checkpoint or 'none (no validation ran)'}")
+        if result.tested_checkpoint != result.best_checkpoint:
+            print(f"tested: the last weights, {result.tested_checkpoint or 'in memory'}")
         print("test (leave-one-out, full ranking" + (", history filtered" if cfg.eval.filter_seen else "") + "):")
         print(metrics_table(result.test))
     return result.test
@@ -89,6 +92,11 @@ def cmd_train(cfg: Config, args) -> dict:
 
 def cmd_evaluate(cfg: Config, args) -> dict:
     _check_out_file(args)
+    with discarded_on_failure(run_dir(cfg)):
+        return _evaluate(cfg, args)
+
+
+def _evaluate(cfg: Config, args) -> dict:
     if args.baseline == "popularity":
         from .popularity import evaluate_popularity
 
@@ -119,8 +127,9 @@ def cmd_predict(cfg: Config, args) -> dict:
     from .predict import predict
 
     _check_out_file(args)
-    out = predict(cfg, _checkpoint(args), args.out, trust=args.trust_checkpoint,
-                  allow_data_mismatch=args.allow_data_mismatch)
+    with discarded_on_failure(run_dir(cfg)):
+        out = predict(cfg, _checkpoint(args), args.out, trust=args.trust_checkpoint,
+                      allow_data_mismatch=args.allow_data_mismatch)
     print(f"wrote top-{cfg.eval.top_k} recommendations for {out['users']} users -> {out['path']}")
     return out
 

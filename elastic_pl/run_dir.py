@@ -15,11 +15,13 @@ this policy) are not part of the comparison.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
@@ -159,3 +161,26 @@ def write_run_files(run: RunDirectory, cfg: Config) -> None:
     os.replace(tmp, run.path / CONFIG_NAME)
     if run.created:
         write_marker(run.path)
+
+
+@contextlib.contextmanager
+def discarded_on_failure(directory: Path) -> Iterator[None]:
+    """What a command adds to ``directory`` (its logs: ``csv/<version>``, ``wandb/...``, the W&B
+    id file) is removed again if the command fails, so a failed evaluate or predict leaves the run
+    directory as it found it, or absent. Global rank 0."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    def entries() -> set:  # the directory and its log folders, one level each (never a deep walk)
+        return {p for d in (directory, directory / "csv", directory / "wandb") if d.is_dir() for p in d.iterdir()}
+
+    existed, before = directory.is_dir(), entries()
+    try:
+        yield
+    except BaseException:
+        if rank_zero_only.rank == 0 and directory.is_dir():
+            if not existed:
+                shutil.rmtree(directory, ignore_errors=True)
+            else:
+                for path in sorted(entries() - before):
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise

@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from data_pipeline.datamodule import ElasticDataModule
 
@@ -141,10 +142,11 @@ def _metrics_of(trainer: L.Trainer, prefix: str) -> dict:
 @dataclasses.dataclass
 class FitResult:
     run_dir: str
-    best_checkpoint: str
-    test: dict  # test/<metric> -> value, of the best checkpoint
+    best_checkpoint: str  # "" when no validation ran
+    test: dict  # test/<metric> -> value, of tested_checkpoint
     trainer: L.Trainer
     wandb_summary: dict  # what W&B recorded (rank 0), read back before the run was finished
+    tested_checkpoint: str = ""  # the best checkpoint, or the last one when no validation ran
 
 
 def _resume_checkpoint(directory: Path, trust: bool) -> Optional[Path]:
@@ -166,6 +168,15 @@ def check_trainable(t) -> None:
     if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator={t.accelerator}: this machine has no CUDA GPU "
                           "(trainer.accelerator=cpu or auto)")
+
+
+def _last_weights(trainer: L.Trainer, directory: Path) -> str:
+    """Training stopped before its first validation (``max_steps`` or the wall time inside the first
+    epoch): there is no best checkpoint, so the last weights are tested, and said to be."""
+    last = directory / "checkpoints" / "last.ckpt"
+    rank_zero_warn(f"no validation ran before training stopped (step {trainer.global_step}): there is no best "
+                   f"checkpoint; testing the last weights{f' ({last})' if last.is_file() else ''}")
+    return str(last) if last.is_file() else ""
 
 
 def fit(cfg: Config, callbacks: Sequence = (), trust_checkpoint: bool = False) -> FitResult:
@@ -200,13 +211,14 @@ def fit(cfg: Config, callbacks: Sequence = (), trust_checkpoint: bool = False) -
             raise ConfigError(f"no training step ran (trainer.max_epochs={t.max_epochs}, trainer.max_steps="
                               f"{t.max_steps}, trainer.max_time_minutes={t.max_time_minutes}): nothing to test")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)
+        tested = best or _last_weights(trainer, directory)
+        trainer.test(module, datamodule=dm, ckpt_path=tested or None, verbose=False, weights_only=True)
         log_fit_artifacts(trainer, directory, best, _metrics_of(trainer, "test/"), enabled=cfg.wandb.log_artifacts)
     finally:
         summary = finish_wandb(trainer.loggers)
-    result = FitResult(str(directory), best, _metrics_of(trainer, "test/"), trainer, summary)
+    result = FitResult(str(directory), best, _metrics_of(trainer, "test/"), trainer, summary, tested)
     if trainer.is_global_zero:
-        summary = {"run_dir": result.run_dir, "best_checkpoint": best, "test": result.test,
+        summary = {"run_dir": result.run_dir, "best_checkpoint": best, "tested_checkpoint": tested, "test": result.test,
                    "global_step": trainer.global_step, "world_size": trainer.world_size,
                    "num_nodes": trainer.num_nodes, "limit_test_batches": cfg.trainer.limit_test_batches, "strategy": type(trainer.strategy).__name__,
                    "cluster_environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__}

@@ -102,3 +102,27 @@ def test_compiled_model_state_dict_keys_load():
     assert all("._orig_mod." in k for k in compiled)
     plain = {f"model.{k}": v for k, v in model.state_dict().items()}
     assert without_compile_prefix(compiled).keys() == plain.keys()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_failed_evaluate_or_predict_leaves_no_run_directory_behind(trained, tmp_path, capsys, command):
+    # a shard that fails its checksum is found only while the users are read, after the loggers exist
+    from tests.test_corruption import flip_an_item
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(_data_dir(trained), damaged)
+    for shard in sorted(damaged.glob("seq-*.tar")):
+        flip_an_item(str(shard))
+    out = tmp_path / ("metrics.json" if command == "evaluate" else "p.parquet")
+    for where in (tmp_path / "new-run", trained["run"]):  # a directory it would create, and one that exists
+        before = sorted(p for p in where.rglob("*")) if where.exists() else None
+        args = ["--checkpoint", trained["best"], *trained["overrides"], f"data.loader.data_dir={damaged}",
+                f"run.dir={where}", "--out", str(out)]
+        assert main([command, *args]) == 2
+        err = capsys.readouterr().err
+        assert "checksum" in err and "Traceback" not in err, err[-2000:]
+        assert not out.exists()
+        if before is None:
+            assert not where.exists(), sorted(where.rglob("*"))
+        else:
+            assert sorted(where.rglob("*")) == before

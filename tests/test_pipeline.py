@@ -368,6 +368,22 @@ def test_limit_test_batches_scores_a_subset_and_says_so(trained):
         load_config(None, ["trainer.limit_test_batches=0"])
 
 
+def test_a_run_stopped_before_its_first_validation_tests_its_last_checkpoint_and_says_so(trained, capsys):
+    from elastic_pl.cli import main
+    from elastic_pl.train import evaluate
+
+    tmp, overrides, _ = trained
+    run = overrides + ["run.run_id=unvalidated", "trainer.max_steps=2"]  # an epoch is 4 steps
+    assert main(["train", *run]) == 0
+    out = capsys.readouterr().out
+    assert "best checkpoint: none (no validation ran)" in out and "tested: the last weights" in out, out
+    stored = json.loads((tmp / "runs" / "e2e" / "unvalidated" / "test_metrics.json").read_text())
+    last = tmp / "runs" / "e2e" / "unvalidated" / "checkpoints" / "last.ckpt"
+    assert stored["best_checkpoint"] == "" and stored["tested_checkpoint"] == str(last)
+    again = evaluate(load_config(None, run + ["run.run_id=unvalidated-eval"]), str(last))
+    assert again["test/ndcg@10"] == pytest.approx(stored["test"]["test/ndcg@10"], abs=1e-6)
+
+
 class StopLikeTheTimer(L.Callback):
     """What ``trainer.max_time_minutes`` does when the time runs out inside an epoch: ask the loop
     to stop after a step; Lightning then validates and writes the last checkpoint mid-epoch."""
