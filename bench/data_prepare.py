@@ -34,6 +34,20 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: a page shared by k processes counts 1/k in each, so the sum over a
+    process tree (forked loader workers share the parent's pages) is the memory it really holds,
+    where summed RSS counts every shared page once per process."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _tree(pid: int) -> list:
     out, todo = [], [pid]
     while todo:

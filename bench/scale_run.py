@@ -4,9 +4,9 @@
 
 Each stage is a fresh subprocess running the package's own code (``data_pipeline.synthetic``,
 ``elastic-pl prepare``, ``elastic_pl.train.fit``, ``elastic-pl evaluate``); this process samples
-the summed RSS of the stage's process tree (DataLoader workers and prepare's pool included) every
-50 ms. Per stage: wall time, throughput (events/s; training: real, non-padding tokens/s over the
-training steps; evaluation: users/s), peak RSS and the disk used by the data and the run so far.
+the summed PSS (and RSS) of the stage's process tree (DataLoader workers and prepare's pool
+included) every 0.1 s. Per stage: wall time, throughput (events/s; training: real, non-padding tokens/s over the
+training steps; evaluation: users/s), peak memory (PSS and summed RSS) and the disk used by the data and the run so far.
 
 ``--events N`` scales the config's synthetic log to about N events by its number of users (the
 length distribution, the catalog and the model stay), for the scaled-down instances. The data and
@@ -25,27 +25,31 @@ import threading
 import time
 from pathlib import Path
 
-from bench.data_prepare import _rss_kb, _tree
+from bench.data_prepare import _pss_kb, _rss_kb, _tree
 
 STAGES = ("generate", "prepare", "train", "evaluate")
 
 
 class TreePeakRSS(threading.Thread):
-    """Peak of the summed RSS of ``pid`` and its descendants, sampled every 50 ms."""
+    """Peaks of the summed PSS (the memory the tree holds) and of the summed RSS (which counts a page
+    shared by forked workers once per process) of ``pid`` and its descendants, every 0.1 s."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.pid, self.peak_kb, self._halt = pid, 0, threading.Event()
+        self.pid, self.peak_kb, self.peak_rss_kb, self._halt = pid, 0, 0, threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.peak_kb = max(self.peak_kb, sum(_rss_kb(p) for p in _tree(self.pid)))
-            self._halt.wait(0.05)
+            tree = _tree(self.pid)
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in tree))
+            self.peak_rss_kb = max(self.peak_rss_kb, sum(_rss_kb(p) for p in tree))
+            self._halt.wait(0.1)
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
+        """(peak PSS GB, peak summed RSS GB)."""
         self._halt.set()
         self.join()
-        return self.peak_kb * 1024 / 1e9
+        return self.peak_kb * 1024 / 1e9, self.peak_rss_kb * 1024 / 1e9
 
 
 def disk_bytes(*paths: Path) -> int:
@@ -145,16 +149,17 @@ def run_stage(name: str, args, cli: list[str]) -> dict:
     sampler.start()
     rc = proc.wait()
     wall = time.perf_counter() - t0
-    peak = sampler.stop()
+    peak, peak_rss = sampler.stop()
     if rc != 0:
         raise SystemExit(f"stage {name} failed (exit code {rc})")
     row = json.loads((out / f"{name}.json").read_text())
-    return {"stage": name, "wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2),
+    return {"stage": name, "wall_s": round(wall, 1), "peak_pss_gb": round(peak, 2), "peak_rss_sum_gb": round(peak_rss, 2),
             "disk_gb": round(disk_bytes(out / "data", out / "run") / 1e9, 3), **row}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| stage | wall s | throughput | peak RSS (tree) GB | disk GB (data + run) |", "|---|---|---|---|---|"]
+    lines = ["| stage | wall s | throughput | peak PSS (tree) GB | peak summed RSS (tree) GB | disk GB (data + run) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         if r["stage"] in ("generate", "prepare"):
             events = r.get("events", r.get("num_events"))
@@ -163,7 +168,7 @@ def table(rows: list[dict]) -> str:
             rate = f"{r['real_tokens_per_s']:,} real tokens/s over {r['steps']} steps ({r['step_s']} s of steps)"
         else:
             rate = f"{r['users'] / r['wall_s']:,.1f} users/s ({r['users']:,} users over the catalog)"
-        lines.append(f"| {r['stage']} | {r['wall_s']} | {rate} | {r['peak_rss_gb']} | {r['disk_gb']} |")
+        lines.append(f"| {r['stage']} | {r['wall_s']} | {rate} | {r['peak_pss_gb']} | {r['peak_rss_sum_gb']} | {r['disk_gb']} |")
     return "\n".join(lines)
 
 
