@@ -42,8 +42,10 @@ def count_bucket(stage_dir: str, b: int, keep_path: str, k: int, out_path: str) 
     counts = vc.field("counts") if vc is not None else pa.array([], pa.int64())
     pq.write_table(pa.table({"item": items, "count": counts}), out_path + ".tmp")
     os.replace(out_path + ".tmp", out_path)
-    users = len(pc.unique(table.column("user"))) if table.num_rows else 0
-    return {"bucket": b, "users": users, "events": table.num_rows, "dropped_users": dropped}
+    per_user = pc.value_counts(table.column("user")).field("counts") if table.num_rows else None
+    users = len(per_user) if per_user is not None else 0
+    longest = pc.max(per_user).as_py() if per_user is not None else 0
+    return {"bucket": b, "users": users, "events": table.num_rows, "dropped_users": dropped, "longest": longest}
 
 
 def dense_items(item: pa.ChunkedArray, originals: pa.Array) -> np.ndarray:

@@ -36,6 +36,9 @@ def _merge_counts(paths: List[str], flush_rows: int = 1 << 23) -> pa.Table:
     return merge(pending) if len(pending) > 1 else pending[0]
 
 
+MIN_USER_EVENTS = 4  # a training pair, then the validation and the test item
+
+
 def make_plan(src: SourceConfig, cfg: PrepareConfig, work: str, item_map_path: str) -> dict:
     """Stage the log into buckets and compute the plan (see module docstring)."""
     stage_dir, count_dir = os.path.join(work, "stage"), os.path.join(work, "counts")
@@ -63,6 +66,11 @@ def make_plan(src: SourceConfig, cfg: PrepareConfig, work: str, item_map_path: s
             break
         keep_path = os.path.join(count_dir, f"keep-r{rounds:03d}.parquet")
         pq.write_table(counts.filter(pc.invert(small)).select(["item"]), keep_path)
+    longest = max(r["longest"] for r in res)
+    if longest < MIN_USER_EVENTS:
+        raise DataError(f"{src.path}: no user has {MIN_USER_EVENTS} or more events (the longest history has "
+                        f"{longest}{f' after k_core={k}' if k > 1 else ''}): leave-one-out needs two for a training "
+                        "pair, then the validation and test items, so nothing could be trained or evaluated")
     order = pc.sort_indices(counts, sort_keys=[("count", "descending"), ("item", "ascending")])
     counts = counts.take(order)
     item_map = pa.table({"item": pa.array(range(1, counts.num_rows + 1), pa.int64()),

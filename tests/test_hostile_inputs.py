@@ -340,3 +340,16 @@ def test_data_the_budget_cannot_train_is_refused_before_the_run_directory_exists
     err = capsys.readouterr().err
     assert ("no user has enough events" if short else "exceeds data.loader.max_tokens=8") in err
     assert not run.exists()
+
+
+def test_prepare_refuses_a_log_where_no_user_has_four_events(tmp_path, capsys):
+    log = tmp_path / "short.csv"
+    log.write_text("".join(f"{u},{i},{1000 + u * 10 + i}\n" for u in range(1, 30) for i in range(1, 4)))
+    out = tmp_path / "shards"
+    args = ["prepare", "--config", "configs/default.yaml", "data.synthetic=null", f"data.source.path={log}",
+            "data.source.format=csv", "data.source.header=false", "data.source.user_col=0",
+            "data.source.item_col=1", "data.source.ts_col=2", f"data.prepare.output_dir={out}",
+            "data.prepare.progress=false"]
+    assert main(args) == 2
+    _one_message(capsys, str(log), "no user has 4 or more events", "longest history has 3")
+    assert not out.exists()

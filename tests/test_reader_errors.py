@@ -81,7 +81,7 @@ def test_a_new_format_is_one_module(tmp_path, monkeypatch):
     formats.registry.cache_clear()
     try:
         assert "pipes" in formats.names() and SourceConfig(format="pipes").format == "pipes"
-        log = write(tmp_path, "log.psv", "user|item|ts\n" + "".join(f"{u}|{u % 3}|{u}\n" for u in range(12)))
+        log = write(tmp_path, "log.psv", "user|item|ts\n" + "".join(f"{u % 3}|{u}|{u}\n" for u in range(12)))
         assert detect_format(log) == "pipes"
         m = prepare(SourceConfig(path=log), PrepareConfig(output_dir=str(tmp_path / "o"), num_buckets=2, workers=1,
                                                           progress=False))
