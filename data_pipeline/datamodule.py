@@ -212,12 +212,17 @@ class ElasticDataModule(L.LightningDataModule):
             return c.steps_per_epoch
         if c.max_tokens is None:
             return max(1, -(-self.num_users // (c.batch_size * self.world_size)))
+        return max(1, -(-self.training_tokens() // (c.max_tokens * self.world_size)))
+
+    def training_tokens(self) -> int:
+        """Real input positions of one pass over every user's training part (cached lengths: the
+        budget check of ``lengths`` runs too). An error when there are none."""
         train = np.minimum(splits.train_lengths(self.lengths()), self.window_len + 1)
         tokens = int(np.maximum(train[train >= 2] - 1, 0).sum())
         if tokens == 0:
-            raise DataError(f"{c.data_dir}: no user has enough events to train on (a user needs at least 4: two "
-                            "for a training pair, then the validation and test items)")
-        return max(1, -(-tokens // (c.max_tokens * self.world_size)))
+            raise DataError(f"{self.cfg.data_dir}: no user has enough events to train on (a user needs at least 4: "
+                            "two for a training pair, then the validation and test items)")
+        return tokens
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.trainer is not None:

@@ -188,8 +188,9 @@ def fit(cfg: Config, callbacks: Sequence = (), trust_checkpoint: bool = False) -
     resolved = dataclasses.replace(cfg, model=module.model_cfg)
     check_slurm_layout(cfg.trainer)  # before anything is written to the run directory
     check_trainable(cfg.trainer)
-    if cfg.data.loader.max_tokens is not None:  # plans the budgets now (cached): a user over the budget,
-        _ = dm.steps_per_epoch  # or no user to train on, is refused before the run directory is written
+    # the users' lengths now (cached): a user over the token budget, or no user to train on, is refused
+    # before the run directory is written, with token budgets or fixed batches
+    dm.training_tokens()
     run = open_run(resolved, lambda d: latest_checkpoint(d) is not None)  # run.on_config_change; writes nothing
     directory = run.path
     resume = _resume_checkpoint(directory, trust_checkpoint)

@@ -353,3 +353,17 @@ def test_prepare_refuses_a_log_where_no_user_has_four_events(tmp_path, capsys):
     assert main(args) == 2
     _one_message(capsys, str(log), "no user has 4 or more events", "longest history has 3")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("batches", [["data.loader.max_tokens=null"], ["data.loader.max_tokens=64"]])
+def test_train_on_a_damaged_shard_stops_before_the_run_directory_is_written(tmp_path, capsys, monkeypatch, batches):
+    from tests.test_corruption import flip_an_item
+
+    monkeypatch.setenv("ELASTIC_PL_RUN_KEY", str(tmp_path / "run-key"))
+    overrides = tiny_overrides(tmp_path, "wandb.enabled=false", "run.run_id=r", *batches)
+    assert main(["prepare", *overrides]) == 0
+    flip_an_item(str(sorted((tmp_path / "data" / "shards").glob("seq-*.tar"))[-1]))
+    capsys.readouterr()
+    assert main(["train", *overrides]) == 2
+    _one_message(capsys, "checksum")
+    assert not (tmp_path / "runs").exists()
