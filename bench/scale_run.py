@@ -4,8 +4,8 @@
 
 Each stage is a fresh subprocess running the package's own code (``data_pipeline.synthetic``,
 ``elastic-pl prepare``, ``elastic_pl.train.fit``, ``elastic-pl evaluate``); this process samples
-the summed PSS (and RSS) of the stage's process tree (DataLoader workers and prepare's pool
-included) every 0.1 s. Per stage: wall time, throughput (events/s; training: real, non-padding tokens/s over the
+the summed RSS of the stage's process tree (DataLoader workers and prepare's pool included) every
+0.1 s and its summed PSS every 2 s or when the RSS grows. Per stage: wall time, throughput (events/s; training: real, non-padding tokens/s over the
 training steps; evaluation: users/s), peak memory (PSS and summed RSS) and the disk used by the data and the run so far.
 
 ``--events N`` scales the config's synthetic log to about N events by its number of users (the
@@ -32,17 +32,25 @@ STAGES = ("generate", "prepare", "train", "evaluate")
 
 class TreePeakRSS(threading.Thread):
     """Peaks of the summed PSS (the memory the tree holds) and of the summed RSS (which counts a page
-    shared by forked workers once per process) of ``pid`` and its descendants, every 0.1 s."""
+    shared by forked workers once per process) of ``pid`` and its descendants. RSS is read every
+    0.1 s; PSS every ``pss_every_s`` and whenever the summed RSS has grown 5% since the last PSS
+    read. Reading a process's PSS walks its page tables (~30 ms for 3 GB, holding a lock its
+    allocations wait for): runs that read it every 0.1 s trained at 14,500 tokens/s against 21,900."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, pss_every_s: float = 2.0):
         super().__init__(daemon=True)
         self.pid, self.peak_kb, self.peak_rss_kb, self._halt = pid, 0, 0, threading.Event()
+        self.pss_every_s = pss_every_s
 
     def run(self) -> None:
+        next_pss, rss_at_pss = 0.0, 0
         while not self._halt.is_set():
             tree = _tree(self.pid)
-            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in tree))
-            self.peak_rss_kb = max(self.peak_rss_kb, sum(_rss_kb(p) for p in tree))
+            rss = sum(_rss_kb(p) for p in tree)
+            self.peak_rss_kb = max(self.peak_rss_kb, rss)
+            if time.monotonic() >= next_pss or rss > 1.05 * rss_at_pss:
+                self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in tree))
+                next_pss, rss_at_pss = time.monotonic() + self.pss_every_s, rss
             self._halt.wait(0.1)
 
     def stop(self) -> tuple[float, float]:
