@@ -68,7 +68,8 @@ class LinearDispatcherAttention(nn.Module):
             x = F.pad(x, (0, 0, 0, n * C - N))
         qkv = self.qkv(x)
         head = self.causal(qkv[:, :2 * C])  # chunks 0 and 1: [B, 2C, D]
-        q, k, v = qkv.view(B, n, C, 3, H, dh).permute(3, 0, 1, 4, 2, 5).unbind(0)  # [B, nC, H, C, dh]
+        # chunk-major views [B, nC, H, C, dh]; chunk (not unbind) so the backward is one concatenation
+        q, k, v = (t.view(B, n, C, H, dh).transpose(2, 3) for t in qkv.chunk(3, dim=-1))
         # the history of chunk c >= 2 is chunks 0 .. c-2: [B, nC-2, H, E, dh]
         interests = prefix_interests(k[:, :-2], v[:, :-2], self.experts)
         ke, ve = self.expert_keys_values(interests.transpose(2, 3).reshape(B, n - 2, E, D))
@@ -84,7 +85,7 @@ class LinearDispatcherAttention(nn.Module):
     def causal(self, qkv: torch.Tensor) -> torch.Tensor:
         """Causal self-attention of qkv [B, L, 3D] -> [B, L, D]."""
         B, L, _ = qkv.shape
-        q, k, v = qkv.view(B, L, 3, self.h, self.dh).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, L, dh]
+        q, k, v = (t.view(B, L, self.h, self.dh).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # [B, H, L, dh]
         return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, L, -1)
 
     def unused_zero(self) -> torch.Tensor:
