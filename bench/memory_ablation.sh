@@ -26,6 +26,9 @@ declare -A ARM=(
     [nomem]="model.encoder.use_memory=false"
     [memqn]="model.encoder.memory_query_norm=$QUERY_NORM optim.memory_lr_mult=10"
 )
+for arm in $ARMS; do  # before anything is prepared or trained
+    [ -n "${ARM[$arm]+set}" ] || { echo "unknown arm '$arm' (known: ${!ARM[*]})" >&2; exit 2; }
+done
 read -r EXP SHARDS < <("$BIN/python" -c "import sys; from elastic_pl.config import load_config
 c = load_config(sys.argv[1]); print(c.run.experiment, c.data.prepare.output_dir)" "$CONFIG")
 RUNS=runs/$EXP
@@ -35,7 +38,6 @@ run() { if [ -n "${DRY_RUN:-}" ]; then echo "$*"; else "$@"; fi; }
 mkdir -p runs bench/out
 for seed in $SEEDS; do
     for arm in $ARMS; do
-        [ -n "${ARM[$arm]+set}" ] || { echo "unknown arm '$arm' (known: ${!ARM[*]})" >&2; exit 2; }
         # shellcheck disable=SC2206  # the overrides are separate words
         cmd=("$BIN/elastic-pl" train --config "$CONFIG" run.run_id="$arm-s$seed" run.seed="$seed"
              trainer.progress_bar=false ${ARM[$arm]} $EXTRA)

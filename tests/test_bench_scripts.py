@@ -61,3 +61,9 @@ def test_memory_ablation_trains_every_arm_and_seed_of_any_config_then_pairs_them
 def test_memory_ablation_refuses_an_unknown_arm():
     out = dry_run_memory_ablation(ARMS="mem bogus", SEEDS="0")
     assert out.returncode == 2 and "unknown arm 'bogus'" in out.stderr
+
+
+def test_lda_layer_pair_bench_runs(capsys):
+    from bench import lda_layer_pair
+    lda_layer_pair.main(["--length", "40", "--batch", "2", "--chunk", "8", "--iters", "1"])
+    assert "LDA/SDPA" in capsys.readouterr().out
