@@ -22,9 +22,9 @@ QUERY_NORM=${QUERY_NORM:-batchnorm}  # Lample et al. 2019 normalise the query wi
 EXTRA=${EXTRA:-}  # more key=value overrides for every run
 BIN=${BIN:-.venv/bin}
 declare -A ARM=(
-    [mem]=""
+    [mem]="model.encoder.use_memory=true"
     [nomem]="model.encoder.use_memory=false"
-    [memqn]="model.encoder.memory_query_norm=$QUERY_NORM optim.memory_lr_mult=10"
+    [memqn]="model.encoder.use_memory=true model.encoder.memory_query_norm=$QUERY_NORM optim.memory_lr_mult=10"
 )
 for arm in $ARMS; do  # before anything is prepared or trained
     [ -n "${ARM[$arm]+set}" ] || { echo "unknown arm '$arm' (known: ${!ARM[*]})" >&2; exit 2; }
