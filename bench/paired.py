@@ -19,6 +19,12 @@ Why: on ml-latest-small (671 test users) one evaluation's NDCG@10 has a standard
 interval covers the test users' sampling only; seed-to-seed variation enters through the means
 over several runs per side.
 
+A side may also be a no-training baseline, ``baseline:transition`` or ``baseline:popularity``
+(``elastic_pl/baselines.py``), scored on the data and with the evaluation settings of the first run
+directory given (its saved ``config.yaml``):
+
+    python -m bench.paired --a runs/amazon-beauty-elastic/long60 --b baseline:transition
+
 Each run's mean is checked against the test metric it stored when trained, so a mismatch in
 data or protocol fails loudly instead of comparing different things. Trailing ``key=value``
 overrides change how both sides are evaluated (e.g. ``data.loader.seen_window=input``, the
@@ -106,14 +112,33 @@ def run_ranks(run: Path, split: str = "test", overrides: list[str] | None = None
     return ranks, stored
 
 
+BASELINE_PREFIX = "baseline:"
+
+
+def baseline_name(run: Path | str) -> str | None:
+    """``NAME`` of a ``baseline:NAME`` side entry, else None (a run directory)."""
+    text = str(run)
+    return text[len(BASELINE_PREFIX):] if text.startswith(BASELINE_PREFIX) else None
+
+
 def side_values(runs: list[Path], metric: str, split: str, check_tol: float = 1e-5,
-                overrides: list[str] | None = None) -> tuple[list[int], np.ndarray]:
+                overrides: list[str] | None = None, reference: Path | None = None) -> tuple[list[int], np.ndarray]:
     """(sorted user ids, the metric per user averaged over ``runs``); every run must cover the same
-    users."""
+    users. A ``baseline:NAME`` entry is scored with the config of the ``reference`` run directory."""
     users: list[int] = []
     rows = []
     for run in runs:
-        ranks, stored = run_ranks(run, split, overrides)
+        name = baseline_name(run)
+        if name is not None:
+            from elastic_pl.baselines import baseline_ranks
+            from elastic_pl.config import load_config
+
+            if reference is None:
+                raise ValueError(f"{run}: a baseline side needs a run directory on either side (its config.yaml "
+                                 "names the data and the evaluation settings)")
+            ranks, stored = baseline_ranks(load_config(str(reference / "config.yaml"), overrides), name, split), {}
+        else:
+            ranks, stored = run_ranks(run, split, overrides)
         if not rows:
             users = sorted(ranks)
         elif set(ranks) != set(users):
@@ -129,8 +154,9 @@ def side_values(runs: list[Path], metric: str, split: str, check_tol: float = 1e
 
 def compare(a_runs: list[Path], b_runs: list[Path], metric: str = "ndcg@10", split: str = "test",
             resamples: int = 10_000, seed: int = 0, overrides: list[str] | None = None) -> dict:
-    a_users, a = side_values(a_runs, metric, split, overrides=overrides)
-    b_users, b = side_values(b_runs, metric, split, overrides=overrides)
+    reference = next((Path(r) for r in [*a_runs, *b_runs] if baseline_name(r) is None), None)
+    a_users, a = side_values(a_runs, metric, split, overrides=overrides, reference=reference)
+    b_users, b = side_values(b_runs, metric, split, overrides=overrides, reference=reference)
     if a_users != b_users:
         raise ValueError("the two sides were evaluated on different users: different data")
     stats = paired_stats(a, b, resamples, seed)
@@ -139,8 +165,8 @@ def compare(a_runs: list[Path], b_runs: list[Path], metric: str = "ndcg@10", spl
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--a", nargs="+", required=True, type=Path, help="run directories of side a")
-    p.add_argument("--b", nargs="+", required=True, type=Path, help="run directories of side b")
+    p.add_argument("--a", nargs="+", required=True, type=Path, help="run directories of side a (or baseline:transition, baseline:popularity)")
+    p.add_argument("--b", nargs="+", required=True, type=Path, help="run directories of side b (or baseline:transition, baseline:popularity)")
     p.add_argument("--metric", default="ndcg@10", choices=METRICS)
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--resamples", type=int, default=10_000)

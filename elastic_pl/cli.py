@@ -97,14 +97,10 @@ def cmd_evaluate(cfg: Config, args) -> dict:
 
 
 def _evaluate(cfg: Config, args) -> dict:
-    if args.baseline == "popularity":
-        from .popularity import evaluate_popularity
+    if args.baseline:
+        from .baselines import evaluate_named
 
-        metrics = evaluate_popularity(cfg, split=args.split)
-    elif args.baseline == "transition":
-        from .transition import evaluate_transition
-
-        metrics = evaluate_transition(cfg, split=args.split)
+        metrics = evaluate_named(cfg, args.baseline, split=args.split)
     else:
         from .train import evaluate
 
@@ -246,7 +242,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-data-mismatch", action="store_true",
                    help="evaluate/predict: use a checkpoint trained on other data (same catalog size)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an input error")
-    p.add_argument("--baseline", choices=["popularity", "transition"],
+    p.add_argument("--baseline", choices=["popularity", "transition"],  # elastic_pl/baselines.py
                    help="evaluate: a baseline instead of a checkpoint (transition: windowed item-to-item co-occurrence)")
     p.add_argument("--split", choices=["valid", "test"], default="test", help="evaluate: which split")
     p.add_argument("--plan", action="store_true", help="prepare: only the plan stage (before the --bucket tasks)")

@@ -46,25 +46,39 @@ def evaluate_baseline(cfg: Config, dm: ElasticDataModule, split: str, name: str,
     return evaluate_baselines(cfg, dm, split, name, {name: scores_of})[name]
 
 
+def ranked_batches(cfg: Config, dm: ElasticDataModule, split: str, desc: str, scorers: dict[object, Scorer]):
+    """Yields ``(batch, {key: 1-based target ranks [B]})`` over ``split`` for several scorers, the
+    batches read once; ranked like the models (history filtering as configured, pessimistic ties)."""
+    dataset = dm.eval_dataset(split)
+    for batch in tqdm(dataset, desc=f"{desc}/{split}", total=len(dataset)):
+        seen = batch["seen"] if cfg.eval.filter_seen else None
+        ranks = {}
+        for key, scores_of in scorers.items():
+            out = scores_of(batch)
+            ranks[key] = (target_ranks(*out, batch["target"], seen, cfg.eval.chunk_size) if isinstance(out, tuple)
+                          else ranks_from_scores(out, batch["target"], seen))
+        yield batch, ranks
+
+
 def evaluate_baselines(cfg: Config, dm: ElasticDataModule, split: str, desc: str, scorers: dict[object, Scorer]) -> dict:
     """``{key: metrics}`` of several scorers (as in :func:`evaluate_baseline`) in one pass over
     ``split``: the batches are read once (settings grids)."""
     metrics = {key: FullRankingMetrics() for key in scorers}
-    dataset = dm.eval_dataset(split)
-    for batch in tqdm(dataset, desc=f"{desc}/{split}", total=len(dataset)):
-        seen = batch["seen"] if cfg.eval.filter_seen else None
-        for key, scores_of in scorers.items():
-            out = scores_of(batch)
-            ranks = (target_ranks(*out, batch["target"], seen, cfg.eval.chunk_size) if isinstance(out, tuple)
-                     else ranks_from_scores(out, batch["target"], seen))
-            metrics[key].update(ranks, batch["valid"])
+    for batch, ranks in ranked_batches(cfg, dm, split, desc, scorers):
+        for key, r in ranks.items():
+            metrics[key].update(r, batch["valid"])
     prefix = "val/" if split == "valid" else "test/"
     return {key: {prefix + k: float(v) for k, v in m.compute().items()} for key, m in metrics.items()}
 
 
-def evaluate_popularity(cfg: Config, split: str = "test") -> dict:
+def popularity_scorer(cfg: Config) -> tuple[ElasticDataModule, Scorer]:
+    """The opened data and the popularity scorer: score = training count (a 1-wide query)."""
     dm = ElasticDataModule(cfg.data.loader)
     dm.setup()
-    items = torch.from_numpy(training_item_counts(dm)).double()[:, None]  # score = count; query = 1
-    return evaluate_baseline(cfg, dm, split, "popularity",
-                             lambda batch: (torch.ones(batch["target"].shape[0], 1, dtype=torch.float64), items))
+    items = torch.from_numpy(training_item_counts(dm)).double()[:, None]
+    return dm, lambda batch: (torch.ones(batch["target"].shape[0], 1, dtype=torch.float64), items)
+
+
+def evaluate_popularity(cfg: Config, split: str = "test") -> dict:
+    dm, scorer = popularity_scorer(cfg)
+    return evaluate_baseline(cfg, dm, split, "popularity", scorer)

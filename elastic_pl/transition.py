@@ -80,8 +80,14 @@ def open_data(cfg: Config) -> ElasticDataModule:
     return dm
 
 
-def evaluate_transition(cfg: Config, split: str = "test", params: TransitionParams = DEFAULT) -> dict:
-    """Metrics of the baseline on ``split`` (several settings at once: bench/transition_grid.py)."""
+def transition_scorer(cfg: Config, params: TransitionParams = DEFAULT):
+    """The opened data and the transition scorer (``batch -> scores [B, V+1]``)."""
     dm = open_data(cfg)
     items = torch.from_numpy(transition_items(dm, params.window))
-    return evaluate_baseline(cfg, dm, split, "transition", lambda batch: transition_scores(batch["items"], items, params))
+    return dm, lambda batch: transition_scores(batch["items"], items, params)
+
+
+def evaluate_transition(cfg: Config, split: str = "test", params: TransitionParams = DEFAULT) -> dict:
+    """Metrics of the baseline on ``split`` (several settings at once: bench/transition_grid.py)."""
+    dm, scorer = transition_scorer(cfg, params)
+    return evaluate_baseline(cfg, dm, split, "transition", scorer)

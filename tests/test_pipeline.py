@@ -317,6 +317,27 @@ def test_paired_comparison_recomputes_the_stored_test_metric(trained, tmp_path):
     assert unfiltered["mean_a"] < result.test["test/ndcg@10"]  # seen items now rank above targets
 
 
+def test_paired_comparison_against_a_baseline(trained):
+    from bench import paired
+    from elastic_pl import cli
+    from elastic_pl.baselines import BASELINES, evaluate_named
+
+    _, _, result = trained
+    run = Path(result.run_dir)
+    cfg = load_config(str(run / "config.yaml"))
+    for name in BASELINES:
+        out = paired.compare([run], [Path(f"baseline:{name}")], "ndcg@10", resamples=50)
+        assert out["users"] == 120
+        assert out["mean_a"] == pytest.approx(result.test["test/ndcg@10"], abs=1e-6)
+        assert out["mean_b"] == pytest.approx(evaluate_named(cfg, name)["test/ndcg@10"], abs=1e-6), name
+    with pytest.raises(ValueError, match="needs a run directory"):
+        paired.compare([Path("baseline:transition")], [Path("baseline:popularity")], resamples=10)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        paired.compare([run], [Path("baseline:markov")], resamples=10)
+    choices = next(a.choices for a in cli.parser()._actions if a.dest == "baseline")
+    assert sorted(choices) == sorted(BASELINES)
+
+
 def test_frontier_reads_a_real_run(trained, tmp_path):
     from bench import frontier
 
