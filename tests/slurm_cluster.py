@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import random
 import shutil
 import signal as _signal
 import socket
@@ -57,17 +58,29 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
+def _ephemeral_low() -> int:
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("0.0.0.0", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free now, drawn below the kernel's ephemeral range: a port the kernel
+    hands out (bind to 0) can be handed out again to an outgoing connection (slurmd's, srun's)
+    before the job listens on it, which fails the rendezvous with EADDRINUSE."""
+    low, ports = _ephemeral_low(), []
+    rng = random.Random()
+    while len(ports) < n:
+        port = rng.randrange(20000, max(low, 20001))
+        if port in ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        ports.append(port)
     return ports
 
 

@@ -298,3 +298,14 @@ def test_prepare_failed_bucket_cancels_finalize(slurm_cluster, tiny, tmp_path):
     assert "Dependency" in info.get("Reason", ""), info
     assert not (out / "shards" / "manifest.json").exists()
     assert re.search(rf"bucket {buckets} not in 0\.\.{buckets - 1}", _log(out)), _log(out)
+
+
+def test_free_ports_avoid_the_ephemeral_range():
+    """The rendezvous and daemon ports are drawn below the kernel's ephemeral range, so an outgoing
+    connection of slurmd or srun cannot take one between the draw and the listen (EADDRINUSE)."""
+    from tests.conftest import _load_slurm_cluster_module
+
+    mod = _load_slurm_cluster_module()
+    ports = mod._free_ports(20)
+    assert len(set(ports)) == 20
+    assert all(20000 <= p < mod._ephemeral_low() for p in ports)
