@@ -73,14 +73,8 @@ def _free_ports(n: int) -> list[int]:
     rng = random.Random()
     while len(ports) < n:
         port = rng.randrange(20000, max(low, 20001))
-        if port in ports:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        ports.append(port)
+        if port not in ports and _port_free(port):
+            ports.append(port)
     return ports
 
 
