@@ -13,7 +13,7 @@ from elastic_pl.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("data", ["lastfm"])
+@pytest.mark.parametrize("data", ["lastfm", "wikipedia", "ml-latest-small"])
 def test_frontier_runs_names_each_experiments_run_directories(data):
     env = {**os.environ, "DRY_RUN": "1", "BIN": str(Path(sys.executable).parent)}
     out = subprocess.run(["bash", "bench/frontier_runs.sh", data, "200 1000"], cwd=REPO, env=env,
