@@ -109,3 +109,12 @@ def test_elastic_onnx_export_matches_eager(tmp_path):
         onnx.checker.check_model(onnx.load(str(tmp_path / name)))
     errors = check_export(model, tmp_path, batch=4)
     assert errors["encode_last"]["rel"] < 1e-4 and errors["step"]["rel"] < 1e-4
+
+
+def test_newest_positions_export_encode_last_only(tmp_path):
+    torch.manual_seed(0)
+    model = SequentialRecommender(ModelConfig.from_flat({**SHAPES, "positions": "newest"}))
+    meta = export_serving(model, tmp_path, "torchscript", example_len=12)
+    assert meta["step"] is None and not (tmp_path / "step.pt").exists()  # positions move: no streaming
+    errors = check_export(model, tmp_path)  # left padding and holes: positions count back from the newest
+    assert set(errors) == {"items", "encode_last"} and errors["encode_last"]["rel"] < 1e-4

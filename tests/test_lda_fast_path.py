@@ -154,14 +154,15 @@ def test_fast_path_gives_every_parameter_a_gradient(use_memory):
         assert all(not p.grad.any() for p in unused), N
 
 
-def test_encoder_pair_bench_runs():
-    """The interleaved step benchmark BENCHMARKS.md quotes, on a tiny configuration."""
+@pytest.mark.parametrize("extra", [[], ["--compile"]])
+def test_encoder_pair_bench_runs(extra):
+    """The interleaved step benchmark BENCHMARKS.md quotes (eager and compiled), on a tiny configuration."""
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-m", "bench.encoder_pair", "2", "--device", "cpu", "--threads", "1",
                           "--tokens", "320", "--lengths", "40", "--items", "300", "--chunk", "16",
-                          "--loss", "full_softmax", "--warmup", "1"], capture_output=True, text=True, timeout=300,
+                          "--loss", "full_softmax", "--warmup", "1", *extra], capture_output=True, text=True, timeout=600,
                          cwd=__import__("pathlib").Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "N=40 B=8: elastic" in out.stdout and "ELASTIC/SDPA tok/s" in out.stdout

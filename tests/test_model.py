@@ -266,3 +266,40 @@ def test_every_parameter_gets_a_gradient_whatever_the_length(encoder, length):
     model.loss(model(items[:, :-1]), items[:, 1:]).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_newest_positions_are_slots_of_a_left_padded_window(seed):
+    # reference: SASRec's layout, each row left-padded to max_positions and position = slot
+    g = torch.Generator().manual_seed(seed)
+    cfg = model_cfg(encoder="sasrec", max_positions=12, positions="newest")
+    emb = SequentialRecommender(cfg).embedding
+    B, N = 5, 16  # rows longer than the table share its first position
+    lengths = torch.randint(0, N + 1, (B,), generator=g)
+    real = torch.zeros(B, N, dtype=torch.bool)
+    for b, n in enumerate(lengths.tolist()):
+        real[b, torch.randperm(N, generator=g)[:n]] = True  # any padding pattern
+    got = emb.position_index(real)
+    for b in range(B):
+        n = int(lengths[b])
+        slots = torch.arange(12 - n, 12).clamp_min(0)  # oldest..newest of a left-padded window
+        assert torch.equal(got[b][real[b]], slots)
+
+
+def test_newest_positions_do_not_depend_on_padding_and_do_not_stream():
+    torch.manual_seed(4)
+    model = SequentialRecommender(model_cfg(encoder="elastic", positions="newest")).eval()
+    seq = torch.randint(1, 41, (1, 13))
+    holes = torch.zeros(1, 20, dtype=torch.long)
+    holes[0, torch.tensor([0, 2, 3, 5, 6, 7, 9, 10, 12, 13, 15, 16, 19])] = seq[0]
+    oldest = SequentialRecommender(model_cfg(encoder="elastic")).eval()
+    oldest.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        ref = model(seq)[0]
+        assert rel_err(model(holes)[0][holes[0] != 0], ref) < 1e-5
+        assert rel_err(oldest(seq)[0], ref) > 1e-3  # the option changes the function
+    assert not model.streams
+    with pytest.raises(ValueError, match="model.positions"):
+        model.init_state(1)
+    with pytest.raises(ValueError, match="model.positions"):
+        ModelConfig.from_flat({"positions": "latest"})

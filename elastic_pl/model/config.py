@@ -15,6 +15,9 @@ from .losses import LossConfig
 from .registry import ENCODERS, LOSSES
 
 
+POSITIONS = ("oldest", "newest")
+
+
 def _default_encoder() -> EncoderConfig:
     return ENCODERS.default_config("elastic")
 
@@ -30,6 +33,9 @@ class ModelConfig:
 
     num_items: int = 1000  # V; item ids 1..V, 0 = padding
     max_positions: int = 200  # learned positions; later positions reuse the last one
+    # which end of the window learned positions count from: "oldest" (streams: step == forward)
+    # or "newest" (the last item is always at max_positions - 1, as left-padded SASRec; no step)
+    positions: str = "oldest"
     d_model: int = 64  # D
     n_layers: int = 2  # L
     dropout: float = 0.1
@@ -44,6 +50,7 @@ class ModelConfig:
 
         need(self.num_items >= 1, "num_items", "must be >= 1")
         need(self.max_positions >= 1, "max_positions", "must be >= 1")
+        need(self.positions in POSITIONS, "positions", f"must be one of {sorted(POSITIONS)}")
         need(self.d_model >= 1, "d_model", "must be >= 1")
         need(self.n_layers >= 1, "n_layers", "must be >= 1")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")

@@ -36,8 +36,9 @@ class SequentialRecommender(nn.Module):
 
     @property
     def streams(self) -> bool:
-        """Whether ``init_state`` / ``step`` exist (the encoder's capability)."""
-        return type(self.encoder).streams
+        """Whether ``init_state`` / ``step`` exist: the encoder's capability, with positions that
+        count from the oldest item (those counted from the newest move as the history grows)."""
+        return type(self.encoder).streams and not self.embedding.from_newest
 
     def wrap_units(self) -> list[nn.Module]:
         """The encoder's FSDP units, innermost first."""
@@ -101,6 +102,9 @@ class SequentialRecommender(nn.Module):
 
     def _require_streaming(self) -> None:
         if not self.streams:
+            if self.embedding.from_newest:
+                raise ValueError("model.positions: 'newest' positions move as the history grows, so the "
+                                 "model does not stream (no init_state/step); use model.positions=oldest")
             raise ValueError(f"model.encoder.name: encoder {self.cfg.encoder.name!r} does not stream "
                              "(no init_state/step)")
 
